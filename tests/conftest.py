@@ -1,0 +1,27 @@
+"""Shared test data paths and fixtures.
+
+The data lives in ../shared beside the project root (CI has it too); tests reference it by path
+and never copy it into the repository.
+"""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+PIXEL_MODEL = SHARED / "models" / "ssd_mobilenet_v1_coco"
+ENCODED_MODEL = SHARED / "models" / "ssd_mobilenet_v1_coco_encoded"
+IMAGE1 = SHARED / "images" / "image1.jpg"
+IMAGE2 = SHARED / "images" / "image2.jpg"
+SHARED_LABELS = SHARED / "labels" / "mscoco_label_map.pbtxt"
+
+COCO_DOG = 18
+COCO_PERSON = 1
+COCO_KITE = 38
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fail at once, with the reason, when ../shared is missing: every model test needs it."""
+    if not PIXEL_MODEL.is_dir():
+        raise pytest.UsageError(f"test data not found at {SHARED}: clone the project beside shared/")
