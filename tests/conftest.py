@@ -25,3 +25,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """Fail at once, with the reason, when ../shared is missing: every model test needs it."""
     if not PIXEL_MODEL.is_dir():
         raise pytest.UsageError(f"test data not found at {SHARED}: clone the project beside shared/")
+
+
+# Docker fixtures (daemon, local registries, offline base image, cleanup): tests/docker_support.py
+from tests.docker_support import (  # noqa: E402, F401
+    auth_registry,
+    docker_cleanup,
+    docker_client,
+    local_registry,
+    tiny_base_image,
+)

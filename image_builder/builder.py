@@ -1,0 +1,245 @@
+"""Build a TF Serving image holding a model, and push it, through the Docker SDK.
+
+The seed's six commands (run, cp, commit, kill, rm, tag/push) become two objects:
+`BuildContainer`, a container that exists only inside a `with` block, and `ImageBuilder`,
+which makes sure the base image is there, copies the model in, commits and pushes.
+
+The container is created but never started: `put_archive` and `commit` work on a created
+container, and a server that never runs cannot be half-way through loading when we commit it,
+nor need a kill. Every Docker failure comes out as `BuildError` with a message for the user.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from posixpath import join as posix_join
+
+import docker
+import requests
+from docker.auth import resolve_repository_name
+from docker.errors import APIError, DockerException, ImageNotFound
+from docker.models.containers import Container
+from docker.models.images import Image
+from docker.utils import parse_repository_tag
+from tqdm import tqdm
+
+from image_builder.model_dir import ModelArchive, ModelVersion
+from image_builder.progress import RegistryError, follow
+from image_builder.reference import ImageReference
+
+# Build containers are found by this name prefix (tests assert none is left). Not by a label:
+# `docker commit` copies the container's labels into the image, and every container later run
+# from the image would carry it.
+CONTAINER_PREFIX = "tfs-sidecar-build-"
+DEFAULT_MODEL_BASE_PATH = "/models"  # tensorflow/serving's MODEL_BASE_PATH
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class BuildError(Exception):
+    """A step failed; the message says which step, the daemon's or registry's reason, what to do."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Explicit registry credentials (`--username`); without them the Docker config is used."""
+
+    username: str
+    password: str
+    registry: str  # host[:port] they belong to
+
+    def for_image(self, reference: str) -> dict | None:
+        """The auth config for pulling/pushing `reference`, or None for another registry."""
+        if resolve_repository_name(reference)[0] != self.registry:
+            return None
+        return {
+            "username": self.username,
+            "password": self.password,
+            "serveraddress": self.registry,
+        }
+
+    def __repr__(self) -> str:  # never show the password, even in a debugger or a log
+        return f"Credentials(username={self.username!r}, registry={self.registry!r})"
+
+
+def connect() -> docker.DockerClient:
+    """A client for the daemon of DOCKER_HOST (or the default socket) that has answered a ping."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except (DockerException, requests.RequestException) as exc:
+        raise BuildError(
+            f"cannot reach the Docker daemon at {host}: {exc}. Start it (e.g. "
+            "`scripts/dockerd.sh start`) or set DOCKER_HOST to a daemon you may use."
+        ) from None
+    return client
+
+
+@contextmanager
+def docker_step(what: str) -> Iterator[None]:
+    """Turn the SDK's and the registry's failures into a BuildError naming the failed step."""
+    try:
+        yield
+    except RegistryError as exc:
+        raise BuildError(f"{what} failed: {exc}") from None
+    except APIError as exc:
+        raise BuildError(f"{what} failed: {exc.explanation or exc}") from None
+    except (DockerException, requests.RequestException) as exc:
+        raise BuildError(f"{what} failed: {exc}") from None
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while cleaning up, so a second Ctrl-C cannot leave a container."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class BuildContainer:
+    """A uniquely named container of the base image that is removed when the block ends.
+
+    >>> with BuildContainer(client, "tensorflow/serving:2.18.0") as box:
+    ...     box.copy(archive)
+    ...     image_id = box.commit(reference, ["ENV MODEL_NAME resnet"])
+    """
+
+    def __init__(self, client: docker.DockerClient, base_image: str) -> None:
+        self.client = client
+        self.base_image = base_image
+        self.name = f"{CONTAINER_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.container: Container | None = None
+
+    def __enter__(self) -> BuildContainer:
+        with docker_step(f"creating a container from {self.base_image}"):
+            self.container = self.client.containers.create(self.base_image, name=self.name)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        if self.container is None:
+            return
+        with signals_deferred():
+            try:
+                self.container.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except (DockerException, requests.RequestException) as exc:
+                print(
+                    f"warning: could not remove build container {self.name}: {exc}; "
+                    f"remove it with `docker rm -f {self.name}`",
+                    file=sys.stderr,
+                )
+        self.container = None
+
+    def copy(self, archive: ModelArchive) -> None:
+        """Stream the model tar into the container's root; Docker reads it as it is generated."""
+        assert self.container is not None, "use BuildContainer in a with block"
+        print(f"copying model ({archive.size / 1e6:.1f} MB) into {self.name}", file=sys.stderr)
+        with (
+            docker_step("copying the model into the container"),
+            tqdm(total=archive.size, unit="B", unit_scale=True, desc="copy", disable=None) as bar,
+        ):
+            self.container.put_archive("/", _counted(archive, bar))
+
+    def commit(self, reference: ImageReference, changes: list[str]) -> str:
+        """Commit the container as `reference`; returns the new image's id."""
+        assert self.container is not None, "use BuildContainer in a with block"
+        with docker_step(f"committing {reference}"):
+            result = self.client.api.commit(
+                self.container.id,
+                repository=reference.repository,
+                tag=reference.tag,
+                changes=changes,
+                pause=False,  # never started: nothing to pause
+            )
+        return result["Id"]
+
+
+def _counted(chunks: ModelArchive, bar: tqdm) -> Iterator[bytes]:
+    for chunk in chunks:
+        bar.update(len(chunk))
+        yield chunk
+
+
+class ImageBuilder:
+    """Base image → container with the model → committed, tagged image → pushed digest."""
+
+    def __init__(self, client: docker.DockerClient, credentials: Credentials | None = None) -> None:
+        self.client = client
+        self.credentials = credentials
+
+    def _auth(self, reference: str) -> dict | None:
+        return self.credentials.for_image(reference) if self.credentials else None
+
+    def ensure_base_image(self, reference: str) -> Image:
+        """The base image, pulled with per-layer progress when it is not here yet."""
+        with docker_step(f"looking up base image {reference}"):
+            try:
+                return self.client.images.get(reference)
+            except ImageNotFound:
+                pass
+        repository, tag = parse_repository_tag(reference)
+        print(f"base image {reference} not found locally: pulling it", file=sys.stderr)
+        with docker_step(f"pulling base image {reference} (not found locally)"):
+            events = self.client.api.pull(
+                repository,
+                tag=tag or "latest",  # no tag would pull every tag of the repository
+                stream=True,
+                decode=True,
+                auth_config=self._auth(reference),
+            )
+            follow(events, "pull")
+            return self.client.images.get(reference)
+
+    def build(
+        self,
+        versions: list[ModelVersion],
+        model_name: str,
+        base_image: str,
+        target: ImageReference,
+    ) -> str:
+        """Commit the base image plus the model as `target`; returns the image id.
+
+        The model goes to MODEL_BASE_PATH/MODEL_NAME/VERSION/, with MODEL_BASE_PATH read from
+        the base image (tensorflow/serving sets /models), and MODEL_NAME is set so the image's
+        entrypoint serves it.
+        """
+        base = self.ensure_base_image(base_image)
+        env = dict(e.split("=", 1) for e in base.attrs["Config"].get("Env") or [] if "=" in e)
+        model_root = posix_join(env.get("MODEL_BASE_PATH", DEFAULT_MODEL_BASE_PATH), model_name)
+        archive = ModelArchive(versions, model_root)
+        with BuildContainer(self.client, base.id) as box:
+            box.copy(archive)
+            return box.commit(target, [f"ENV MODEL_NAME {model_name}"])
+
+    def push(self, target: ImageReference) -> str:
+        """Push `target`; returns the manifest digest the registry stored (sha256:...)."""
+        with docker_step(f"pushing {target}"):
+            events = self.client.api.push(
+                target.repository,
+                tag=target.tag,
+                stream=True,
+                decode=True,
+                auth_config=self._auth(target.repository),
+            )
+            aux = follow(events, "push")
+        digest = aux.get("Digest", "")
+        if not DIGEST_RE.fullmatch(digest):
+            raise BuildError(f"pushing {target} ended without a digest from the registry ({aux})")
+        return digest
