@@ -1,0 +1,310 @@
+"""`client.py`: detect objects in a photo with a model served by TF Serving (REST).
+
+The seed's command line still works as it was (`client.py --server_url ... --image_path ...`
+runs `predict`); `status` and `metadata` check a server before sending it work.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from object_detection.images import ImageError
+from object_detection.label_map import LabelMapError, load_label_map
+from object_detection.pipeline import (
+    ENCODINGS,
+    DetectOptions,
+    annotated_image_path,
+    choose_encoding,
+    detect,
+    write_annotated_image,
+    write_json,
+)
+from tfserving.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, TFServingClient
+from tfserving.errors import TFServingError
+from tfserving.metadata import DEFAULT_SIGNATURE
+from tfserving.spec import DEFAULT_PORT, ServerSpec, ServerSpecError
+
+DEFAULT_LABEL_MAP = Path(__file__).resolve().parents[1] / "data" / "labels.pbtxt"
+
+# Errors a user can fix; shown as one line, exit code 1, no traceback.
+USER_ERRORS = (TFServingError, ImageError, LabelMapError, OSError, ValueError)
+
+EXAMPLES = """\b
+Examples:
+  # the seed's command (no subcommand means predict)
+  python client.py --server_url "http://localhost:8501/v1/models/ssd:predict" \\
+      --image_path photo.jpg --output_json out/photo.json \\
+      --save_output_image true --label_map data/labels.pbtxt
+  # the same server named by parts; a load balancer's IP works the same way
+  python client.py predict --host 34.73.137.228 --model_name ssd --image_path photo.jpg
+  python client.py status --model_name ssd --wait 60
+  python client.py metadata --server_url http://localhost:8501/v1/models/ssd
+"""
+
+
+class DefaultPredictGroup(click.Group):
+    """Runs `predict` when the first argument is not a subcommand (the seed's command line)
+    and turns the errors a user can fix into one-line messages."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["predict", *args]
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    spec: ServerSpec
+    timeout: float
+    retries: int
+
+    def client(self, retries: int | None = None) -> TFServingClient:
+        return TFServingClient(
+            self.spec, self.timeout, self.retries if retries is None else retries
+        )
+
+
+def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options naming a server, shared by every subcommand, passed on as `server`."""
+
+    @click.option(
+        "--server_url",
+        help="TF Serving REST URL of the model, e.g. "
+        "http://localhost:8501/v1/models/NAME:predict (also .../versions/N, .../labels/L, "
+        "or just http://HOST:PORT with --model_name).",
+    )
+    @click.option("--host", default="localhost", show_default=True, help="Server host or IP.")
+    @click.option(
+        "--port",
+        type=click.IntRange(1, 65535),
+        default=DEFAULT_PORT,
+        show_default=True,
+        help="TF Serving's REST port.",
+    )
+    @click.option("--model_name", help="Model name (overrides the one in --server_url).")
+    @click.option("--model_version", type=click.IntRange(min=0), help="A specific version.")
+    @click.option("--version_label", help="A version label such as 'stable'.")
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        help="Seconds to wait for each answer.",
+    )
+    @click.option(
+        "--retries",
+        type=click.IntRange(min=0),
+        default=DEFAULT_RETRIES,
+        show_default=True,
+        help="Retries, with backoff, while the server refuses connections or answers 503.",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        server_url: str | None,
+        host: str,
+        port: int,
+        model_name: str | None,
+        model_version: int | None,
+        version_label: str | None,
+        timeout: float,
+        retries: int,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            if server_url:
+                spec = ServerSpec.from_url(server_url, model_name, model_version, version_label)
+            elif model_name:
+                spec = ServerSpec.from_parts(host, port, model_name, model_version, version_label)
+            else:
+                raise click.UsageError("name the model: --server_url URL or --model_name NAME")
+        except ServerSpecError as exc:
+            raise click.UsageError(str(exc)) from None
+        return command(server=ServerSettings(spec, timeout, retries), **kwargs)
+
+    return wrapper
+
+
+@click.group(cls=DefaultPredictGroup, epilog=EXAMPLES)
+def cli() -> None:
+    """Object detection through TF Serving's REST API: JSON results and an annotated picture."""
+
+
+@cli.command(epilog=EXAMPLES)
+@server_options
+@click.option(
+    "--image_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The photo (JPEG, PNG, ...).",
+)
+@click.option(
+    "--output_json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the result here (default: print it).",
+)
+@click.option(
+    "--save_output_image",
+    type=click.BOOL,
+    default=False,
+    show_default=True,
+    help="true/false: also write the annotated picture (next to the JSON, same name, .jpg).",
+)
+@click.option(
+    "--output_image",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the annotated picture here (implies --save_output_image true).",
+)
+@click.option(
+    "--label_map",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_LABEL_MAP,
+    help="Label map (.pbtxt) naming the class ids.  [default: the COCO map in data/]",
+)
+@click.option(
+    "--min_score",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Keep detections scoring at least this.",
+)
+@click.option("--max_boxes", type=click.IntRange(min=1), help="Keep at most this many.")
+@click.option(
+    "--encoding",
+    type=click.Choice(ENCODINGS),
+    default="auto",
+    show_default=True,
+    help="How to send the image: auto follows the model's input dtype (DT_STRING: b64 of the "
+    "file, DT_UINT8: pixel array).",
+)
+@click.option("--signature_name", default=DEFAULT_SIGNATURE, show_default=True)
+@click.option(
+    "--raw/--no-raw",
+    default=True,
+    show_default=True,
+    help="Keep the server's full answer in the JSON (raw_response).",
+)
+def predict(
+    server: ServerSettings,
+    image_path: Path,
+    output_json: Path | None,
+    save_output_image: bool,
+    output_image: Path | None,
+    label_map: Path,
+    min_score: float,
+    max_boxes: int | None,
+    encoding: str,
+    signature_name: str,
+    raw: bool,
+) -> None:
+    """Detect objects in one image: JSON with the detections, and optionally the picture."""
+    labels = load_label_map(label_map)
+    options = DetectOptions(min_score, max_boxes, encoding, signature_name, keep_raw=raw)
+    with server.client() as client:
+        result = detect(client, image_path, labels, options)
+
+    # Without --output_json, stdout carries the JSON and the human summary goes to stderr.
+    to_stderr = output_json is None
+    if output_json is None:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        write_json(result, output_json)
+    if save_output_image or output_image:
+        if output_image is None:
+            output_image = (
+                annotated_image_path(output_json)
+                if output_json
+                else Path(f"{image_path.stem}_detections.jpg")
+            )
+        write_annotated_image(result, output_image)
+
+    click.echo(
+        f"{len(result.detections)} detections (score >= {min_score:g}) from model "
+        f"{result.model_name} version {result.model_version}, {result.encoding} encoding, "
+        f"{result.timing_ms['total']:.0f} ms",
+        err=to_stderr,
+    )
+    for detection in result.detections:
+        box = ", ".join(f"{value:.3f}" for value in detection.box)
+        click.echo(f"  {detection.label:<16} {detection.score:.3f}  [{box}]", err=to_stderr)
+    if output_json:
+        click.echo(f"JSON: {output_json}", err=to_stderr)
+    if output_image:
+        click.echo(f"annotated image: {output_image}", err=to_stderr)
+
+
+@cli.command(epilog=EXAMPLES)
+@server_options
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="Poll until a version is AVAILABLE, for at most SECONDS.",
+)
+def status(server: ServerSettings, wait: float) -> None:
+    """Model version states; exit code 0 only when a version is AVAILABLE."""
+    deadline = time.monotonic() + wait
+    # While waiting, the polling loop is the retry: urllib3's backoff would overshoot --wait.
+    with server.client(retries=0 if wait else None) as client:
+        while True:
+            try:
+                versions, problem = client.status(), None
+            except TFServingError as exc:
+                versions, problem = [], exc
+            if any(version.available for version in versions) or time.monotonic() >= deadline:
+                break
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    if problem is not None:
+        raise problem
+    for version in versions:
+        message = f" ({version.error_message})" if version.error_message else ""
+        click.echo(f"{server.spec.model_name} version {version.version}: {version.state}{message}")
+    if not any(version.available for version in versions):
+        raise click.ClickException(
+            f"no version of {server.spec.model_name} is AVAILABLE"
+            + (f" after waiting {wait:g} s" if wait else " (use --wait SECONDS to wait for it)")
+        )
+
+
+@cli.command(epilog=EXAMPLES)
+@server_options
+@click.option("--json", "as_json", is_flag=True, help="Print TF Serving's answer as it is.")
+def metadata(server: ServerSettings, as_json: bool) -> None:
+    """The model's signatures: inputs and outputs with dtypes and shapes."""
+    with server.client() as client:
+        if as_json:
+            click.echo(json.dumps(client.get_json(server.spec.metadata_url), indent=2))
+            return
+        model = client.metadata()
+    click.echo(f"model {model.model_name} version {model.version}")
+    for signature in model.signatures.values():
+        click.echo(f"signature {signature.name!r} ({signature.method})")
+        click.echo("  inputs:")
+        for tensor in signature.inputs:
+            click.echo(f"    {tensor.describe()}")
+        click.echo("  outputs:")
+        for tensor in signature.outputs:
+            click.echo(f"    {tensor.describe()}")
+        if len(signature.inputs) == 1:
+            try:
+                click.echo(f"  predict sends: {choose_encoding(signature.inputs[0])}")
+            except TFServingError as exc:
+                click.echo(f"  predict cannot feed it: {exc}")
+
+
+def main() -> None:
+    cli(prog_name="client.py")

@@ -1,0 +1,102 @@
+"""Load an image the way a person sees it, and choose the bytes to send for it.
+
+Boxes come back normalized to the image the model saw, and are drawn on the image as
+displayed. So the model must see the displayed image: EXIF orientation applied, any mode
+(grayscale, palette, RGBA, CMYK, 16-bit) turned into 8-bit RGB, original size kept.
+For models that take encoded bytes the file goes as it is whenever the server's decoder
+would produce exactly those pixels; otherwise (EXIF-rotated, CMYK, 16-bit, transparency,
+formats other than JPEG/PNG) our RGB image is re-encoded, so boxes still land right.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+# Files the server decodes to the same RGB pixels as Pillow + our conversion does.
+_SENT_AS_IS = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_JPEG_QUALITY = 95
+
+
+class ImageError(ValueError):
+    """The image is missing, unreadable or not an image; the message names the file."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    path: Path
+    image: Image.Image  # 8-bit RGB, upright (EXIF orientation applied)
+    file_bytes: bytes
+    file_format: str  # JPEG, PNG, ... as Pillow names it
+    file_mode: str  # the file's own mode: RGB, L, P, RGBA, CMYK, I;16...
+    orientation: int  # EXIF orientation tag; 1 means upright
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+    def pixels(self) -> np.ndarray:
+        """(height, width, 3) uint8 array, for models that take pixels."""
+        return np.asarray(self.image)
+
+    @property
+    def sent_as_is(self) -> bool:
+        """True when the file's own bytes decode (on the server) to exactly `image`."""
+        return self.orientation == 1 and (self.file_format, self.file_mode) in _SENT_AS_IS
+
+    def encoded(self) -> bytes:
+        """Bytes for a DT_STRING (encoded image) input: the file, or a re-encoding of `image`."""
+        if self.sent_as_is:
+            return self.file_bytes
+        buffer = io.BytesIO()
+        if self.file_format == "JPEG":  # a photo: keep it small
+            self.image.save(buffer, "JPEG", quality=_JPEG_QUALITY, subsampling=0)
+        else:  # lossless source: stay lossless
+            self.image.save(buffer, "PNG")
+        return buffer.getvalue()
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Read and normalize an image file; raises ImageError with a reason a user can act on."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"image not found: {path}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.load()
+            orientation = int(opened.getexif().get(ExifTags.Base.Orientation, 1) or 1)
+            upright = ImageOps.exif_transpose(opened)
+            rgb = to_rgb(upright)
+            file_format, file_mode = opened.format or "", opened.mode
+    except UnidentifiedImageError:
+        raise ImageError(f"{path} is not an image (JPEG, PNG, ... expected)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{path}: broken or truncated image data ({exc})") from None
+    return LoadedImage(path, rgb, data, file_format, file_mode, orientation)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: 16-bit scaled down (not clipped), transparency composited on white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT:
+        values = np.clip(np.asarray(image, np.int64), 0, 65535) >> 8
+        return Image.fromarray(values.astype(np.uint8), "L").convert("RGB")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,155 @@
+"""Read the TF Object Detection API's label map (a text-format protobuf, `.pbtxt`).
+
+The format is `item { name: "..." id: N display_name: "..." }` repeated, with `#` comments,
+fields in any order, single or double quotes, optional `:` before a nested block and optional
+`,`/`;` separators. Parsing it here keeps protobuf (and TensorFlow) out of the client.
+Unknown fields (keypoints, frequency, ...) are read and ignored, so richer maps still load.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+|\#[^\n]*)
+  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<punct>[{}:,;<>\[\]])
+  | (?P<word>[-+\w.]+)
+    """,
+    re.VERBOSE,
+)
+
+
+class LabelMapError(ValueError):
+    """The label map file is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class LabelMap(Mapping[int, str]):
+    """Class id -> display label. A missing id gets "id N" from `label()`, never a KeyError."""
+
+    labels: dict[int, str]
+
+    def __getitem__(self, class_id: int) -> str:
+        return self.labels[class_id]
+
+    def __iter__(self):
+        return iter(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def label(self, class_id: int) -> str:
+        return self.labels.get(class_id, f"id {class_id}")
+
+
+def load_label_map(path: str | Path) -> LabelMap:
+    """Read a label map file; raises LabelMapError (with file:line) when it is malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelMapError(f"cannot read label map {path}: {exc}") from exc
+    return parse_label_map(text, source=str(path))
+
+
+def parse_label_map(text: str, source: str = "<label map>") -> LabelMap:
+    """Parse label map text. display_name wins over name; ids must be unique integers >= 0."""
+    labels: dict[int, str] = {}
+    for fields, line in _Parser(text, source).items():
+        where = f"{source}:{line}"
+        if "id" not in fields:
+            raise LabelMapError(f"{where}: item has no id")
+        try:
+            class_id = int(fields["id"])
+        except ValueError:
+            raise LabelMapError(f"{where}: id {fields['id']!r} is not an integer") from None
+        if class_id < 0:
+            raise LabelMapError(f"{where}: id {class_id} is negative")
+        if class_id in labels:
+            raise LabelMapError(f"{where}: id {class_id} appears twice")
+        labels[class_id] = fields.get("display_name") or fields.get("name") or f"id {class_id}"
+    if not labels:
+        raise LabelMapError(f"{source}: no `item {{ ... }}` entries found")
+    return LabelMap(labels)
+
+
+class _Parser:
+    """Just enough of the protobuf text format for label maps: fields, strings, nested blocks."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.source = source
+        self.tokens: list[tuple[str, str, int]] = []  # (kind, text, line)
+        line, pos = 1, 0
+        while pos < len(text):
+            match = _TOKEN.match(text, pos)
+            if not match:
+                raise LabelMapError(f"{source}:{line}: unexpected character {text[pos]!r}")
+            if match.lastgroup != "space":
+                self.tokens.append((match.lastgroup, match.group(), line))
+            line += match.group().count("\n")
+            pos = match.end()
+        self.pos = 0
+
+    def items(self) -> list[tuple[dict[str, str], int]]:
+        """Top-level `item` blocks as {field: scalar text} with the line each starts on."""
+        found = []
+        while self.pos < len(self.tokens):
+            name, line = self._field_name()
+            value = self._value()
+            if name == "item":
+                if not isinstance(value, dict):
+                    raise LabelMapError(f"{self.source}:{line}: `item` must be a {{ ... }} block")
+                found.append((value, line))
+        return found
+
+    def _field_name(self) -> tuple[str, int]:
+        kind, text, line = self._next("a field name")
+        if kind != "word":
+            raise LabelMapError(f"{self.source}:{line}: expected a field name, found {text!r}")
+        return text, line
+
+    def _value(self) -> dict[str, str] | str:
+        kind, text, line = self._next("a value")
+        if text == ":":
+            kind, text, line = self._next("a value")
+        if text in ("{", "<"):
+            value = self._block("}" if text == "{" else ">", line)
+        elif kind == "string":
+            value = ast.literal_eval(text)  # handles \" \' \\ \n escapes like protobuf does
+        elif kind == "word":
+            value = text
+        else:
+            raise LabelMapError(f"{self.source}:{line}: expected a value, found {text!r}")
+        self._skip_separator()
+        return value
+
+    def _block(self, closing: str, opened_on: int) -> dict[str, str]:
+        fields: dict[str, str] = {}
+        while True:
+            if self.pos >= len(self.tokens):
+                raise LabelMapError(f"{self.source}:{opened_on}: block opened here is not closed")
+            if self.tokens[self.pos][1] == closing:
+                self.pos += 1
+                return fields
+            name, _ = self._field_name()
+            value = self._value()
+            if isinstance(value, str):  # nested blocks (keypoints...) are not used
+                fields[name] = value
+
+    def _skip_separator(self) -> None:
+        if self.pos < len(self.tokens) and self.tokens[self.pos][1] in (",", ";"):
+            self.pos += 1
+
+    def _next(self, expected: str) -> tuple[str, str, int]:
+        if self.pos >= len(self.tokens):
+            last_line = self.tokens[-1][2] if self.tokens else 1
+            raise LabelMapError(f"{self.source}:{last_line}: file ends where {expected} was due")
+        token = self.tokens[self.pos]
+        self.pos += 1
+        return token

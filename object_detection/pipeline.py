@@ -1,0 +1,169 @@
+"""One image through a served detection model: load, encode, predict, post-process, write.
+
+`detect()` is the library entry point. It holds no state of its own: the shared
+`TFServingClient` keeps the connection pool and the cached model metadata, so many threads
+can call `detect()` at once with one client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from object_detection.detections import Detection, parse_detections
+from object_detection.images import LoadedImage, load_image
+from object_detection.label_map import LabelMap
+from object_detection.visualize import draw_detections
+from tfserving.client import TFServingClient
+from tfserving.encoding import b64_request, pixels_request
+from tfserving.errors import UnsupportedSignature
+from tfserving.metadata import DEFAULT_SIGNATURE, TensorSpec
+
+ENCODINGS = ("auto", "b64", "pixels")
+_ENCODING_FOR_DTYPE = {"DT_STRING": "b64", "DT_UINT8": "pixels"}
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    min_score: float = 0.5
+    max_boxes: int | None = None
+    encoding: str = "auto"  # auto: from the signature's input dtype
+    signature_name: str = DEFAULT_SIGNATURE
+    keep_raw: bool = True  # keep the server's full answer in the result
+
+
+@dataclass
+class DetectionResult:
+    image: LoadedImage
+    detections: list[Detection]
+    model_name: str
+    model_version: str
+    signature_name: str
+    encoding: str
+    request_bytes: int
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    raw_response: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "image": {
+                "path": str(self.image.path),
+                "width": self.image.width,
+                "height": self.image.height,
+            },
+            "model": {
+                "name": self.model_name,
+                "version": self.model_version,
+                "signature_name": self.signature_name,
+            },
+            "request": {
+                "encoding": self.encoding,
+                "bytes": self.request_bytes,
+                "file_sent_as_is": self.encoding == "b64" and self.image.sent_as_is,
+            },
+            "timing_ms": self.timing_ms,
+            "detections": [detection.to_json() for detection in self.detections],
+        }
+        if self.raw_response is not None:
+            result["raw_response"] = self.raw_response
+        return result
+
+
+def choose_encoding(image_input: TensorSpec, requested: str = "auto") -> str:
+    """b64 for a DT_STRING input, pixels for DT_UINT8; an explicit choice always wins."""
+    if requested != "auto":
+        return requested
+    try:
+        return _ENCODING_FOR_DTYPE[image_input.dtype]
+    except KeyError:
+        raise UnsupportedSignature(
+            f"input {image_input.name!r} is {image_input.dtype}; this client sends images as "
+            "DT_UINT8 pixels or DT_STRING encoded bytes (force one with --encoding)"
+        ) from None
+
+
+def detect(
+    client: TFServingClient,
+    image_path: str | Path,
+    label_map: LabelMap,
+    options: DetectOptions = DetectOptions(),
+) -> DetectionResult:
+    """Detect objects in one image file. Raises ImageError or TFServingError subclasses."""
+    started = time.perf_counter()
+    metadata = client.metadata()
+    signature = metadata.signature(options.signature_name)
+    encoding = choose_encoding(signature.image_input, options.encoding)
+    image = load_image(image_path)
+    loaded = time.perf_counter()
+
+    if encoding == "b64":
+        body = b64_request(image.encoded(), signature.name)
+    else:
+        body = pixels_request(image.pixels(), signature.name)
+    encoded = time.perf_counter()
+
+    response = client.predict(body)
+    answered = time.perf_counter()
+
+    detections = parse_detections(
+        response, image.width, image.height, label_map, options.min_score, options.max_boxes
+    )
+    done = time.perf_counter()
+    return DetectionResult(
+        image=image,
+        detections=detections,
+        model_name=metadata.model_name,
+        model_version=metadata.version,
+        signature_name=signature.name,
+        encoding=encoding,
+        request_bytes=len(body),
+        timing_ms={
+            "load": _ms(loaded - started),
+            "encode": _ms(encoded - loaded),
+            "request": _ms(answered - encoded),
+            "postprocess": _ms(done - answered),
+            "total": _ms(done - started),
+        },
+        raw_response=response if options.keep_raw else None,
+    )
+
+
+def annotated_image_path(output_json: Path) -> Path:
+    """Where the picture goes: beside the JSON, same name, .jpg (out/img1.json -> out/img1.jpg)."""
+    return output_json.with_suffix(".jpg")
+
+
+def write_json(result: DetectionResult, path: Path) -> None:
+    data = json.dumps(result.to_json(), indent=2).encode() + b"\n"
+    _write_atomically(path, lambda file: file.write(data))
+
+
+def write_annotated_image(result: DetectionResult, path: Path) -> None:
+    """JPEG with the boxes drawn; refuses to overwrite the input photo."""
+    if path.resolve() == result.image.path.resolve():
+        raise ValueError(f"{path} is the input image: choose another output name")
+    picture = draw_detections(result.image.image, result.detections)
+    _write_atomically(path, lambda file: picture.save(file, "JPEG", quality=95, subsampling=0))
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Readers (and an interrupted run) see the old file or the whole new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        try:
+            write(tmp)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes 0600 files
+    os.replace(tmp.name, path)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
