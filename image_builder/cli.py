@@ -113,7 +113,7 @@ def main(
     """
     if manifest and not push:
         raise click.UsageError("--manifest needs --push: only a pushed image has a digest")
-    signal.signal(signal.SIGTERM, _interrupted)
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupted)
     try:
         # Everything that can be checked without Docker is checked first.
         check_model_name(model_name)
@@ -137,6 +137,8 @@ def main(
     except KeyboardInterrupt:
         click.echo("interrupted; the build container was removed", err=True)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
     if as_json:
         result = {
