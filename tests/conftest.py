@@ -24,7 +24,9 @@ COCO_KITE = 38
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Fail at once, with the reason, when ../shared is missing: every model test needs it."""
     if not PIXEL_MODEL.is_dir():
-        raise pytest.UsageError(f"test data not found at {SHARED}: clone the project beside shared/")
+        raise pytest.UsageError(
+            f"test data not found at {SHARED}: clone the project beside shared/"
+        )
 
 
 # Docker fixtures (daemon, local registries, offline base image, cleanup): tests/docker_support.py
@@ -35,3 +37,21 @@ from tests.docker_support import (  # noqa: E402, F401
     local_registry,
     tiny_base_image,
 )
+
+
+@pytest.fixture(scope="session")
+def pixel_server():
+    """The local TF Serving stand-in serving PIXEL_MODEL (uint8 pixels), one per test session."""
+    from tests.servers import LocalServer
+
+    with LocalServer(PIXEL_MODEL, model_name="ssd_mobilenet_v1_coco") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def encoded_server():
+    """The local TF Serving stand-in serving ENCODED_MODEL ({"b64"} JPEG/PNG bytes)."""
+    from tests.servers import LocalServer
+
+    with LocalServer(ENCODED_MODEL, model_name="ssd_mobilenet_v1_coco_encoded") as server:
+        yield server

@@ -1,0 +1,477 @@
+"""JSON <-> tensors as TF Serving's REST API does it (tensorflow_serving/util/json_tensor.cc).
+
+This is the general path: it accepts everything TF Serving accepts and rejects the rest with TF
+Serving's error wording (typos included, since clients may match on them). It works on the parsed
+JSON document, so it is slow for big numeric bodies; serving/fast_tensor.py handles that case.
+
+Dtypes are named by their TensorFlow DataType enum names ("DT_UINT8"), which is what the model
+metadata reports, so this module needs no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from serving.errors import ServingError, invalid_argument
+
+# Numpy dtypes of the DataTypes a JSON value can be converted to (json_tensor.cc AddValueToTensor).
+NUMPY_DTYPES = {
+    "DT_FLOAT": np.float32,
+    "DT_DOUBLE": np.float64,
+    "DT_INT32": np.int32,
+    "DT_INT16": np.int16,
+    "DT_INT8": np.int8,
+    "DT_UINT8": np.uint8,
+    "DT_INT64": np.int64,
+    "DT_UINT32": np.uint32,
+    "DT_UINT64": np.uint64,
+    "DT_BOOL": np.bool_,
+    "DT_STRING": np.object_,
+}
+
+# rapidjson's IsInt / IsInt64 / IsUint / IsUint64 ranges, by the dtype that requires them.
+_INT_RANGES = {
+    "DT_INT32": (-(2**31), 2**31 - 1),
+    "DT_INT16": (-(2**31), 2**31 - 1),
+    "DT_INT8": (-(2**31), 2**31 - 1),
+    "DT_UINT8": (-(2**31), 2**31 - 1),
+    "DT_INT64": (-(2**63), 2**63 - 1),
+    "DT_UINT32": (0, 2**32 - 1),
+    "DT_UINT64": (0, 2**64 - 1),
+}
+
+# Largest integer a float type holds exactly (IsLosslessDecimal's kMaxInt), and its finite range.
+_FLOAT_LIMITS = {
+    "DT_FLOAT": (2**24 - 1, float(np.finfo(np.float32).max), "float"),
+    "DT_DOUBLE": (2**53 - 1, float(np.finfo(np.float64).max), "double"),
+}
+
+# Error messages quote the offending JSON; TF Serving quotes it whole, which for a big body makes a
+# megabyte-long error. We cut it here (TF Serving has a TODO to do the same).
+_MAX_QUOTED_JSON = 1000
+
+
+class RequestFormat(enum.Enum):
+    ROW = "instances"  # answered with "predictions"
+    COLUMNAR = "inputs"  # answered with "outputs"
+
+
+def dtype_string(dtype: str) -> str:
+    """TensorFlow's DataTypeString: "DT_UINT8" -> "uint8", as used in error messages."""
+    return dtype.removeprefix("DT_").lower()
+
+
+def json_value_to_string(value: Any) -> str:
+    """Quote a JSON value in an error message, pretty-printed like rapidjson's PrettyWriter."""
+    text = json.dumps(value, indent=4, ensure_ascii=False)
+    if len(text) > _MAX_QUOTED_JSON:
+        return text[:_MAX_QUOTED_JSON] + "...(truncated)"
+    return text
+
+
+def json_type_string(value: Any) -> str:
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+# Python's json error wording -> rapidjson's (GetParseError_En), for the common mistakes.
+_PARSE_ERRORS = {
+    "Expecting value": "Invalid value.",
+    "Extra data": "The document root must not be followed by other values.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+}
+
+
+def parse_json_document(body: bytes) -> dict:
+    """ParseJson: the request body must be a JSON object."""
+    if not body.strip():
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError as e:
+        message = _PARSE_ERRORS.get(e.msg, e.msg + ".")
+        raise invalid_argument(f"JSON Parse error: {message} at offset: {e.pos}") from None
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise invalid_argument(f"JSON Parse error: {e}") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} Is not object")
+    return doc
+
+
+def signature_name_of(doc: dict) -> str:
+    """The optional "signature_name" (empty means serving_default)."""
+    name = doc.get("signature_name", "")
+    if not isinstance(name, str):
+        raise invalid_argument(
+            f"JSON Value: {json_value_to_string(doc)} not formatted correctly. "
+            "'signature_name' key must be a string value."
+        )
+    return name
+
+
+def _type_error(value: Any, dtype: str) -> ServingError:
+    return invalid_argument(
+        f"JSON Value: {json_value_to_string(value)} Type: {json_type_string(value)} "
+        f"is not of expected type: {dtype_string(dtype)}"
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_lossless(value: int | float, dtype: str) -> bool:
+    max_int, max_float, _ = _FLOAT_LIMITS[dtype]
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return abs(value) <= max_int
+    value = float(value)
+    return not math.isfinite(value) or -max_float <= value <= max_float
+
+
+def _is_b64_object(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _decode_b64(value: Any) -> bytes:
+    if not _is_b64_object(value):
+        raise invalid_argument(
+            f"JSON Value: {json_value_to_string(value)} not formatted correctly for base64 data"
+        )
+    text = value["b64"]
+    try:
+        # absl::Base64Unescape accepts standard base64 with or without the "=" padding.
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("Unable to base64 decode") from None
+
+
+def _scalar(value: Any, dtype: str) -> Any:
+    """AddValueToTensor: check one JSON leaf against the tensor's dtype."""
+    if isinstance(value, dict):
+        if dtype == "DT_STRING":
+            return _decode_b64(value)
+        raise _type_error(value, dtype)
+    if dtype in _FLOAT_LIMITS:
+        if not _is_number(value):
+            raise _type_error(value, dtype)
+        if not _is_lossless(value, dtype):
+            raise invalid_argument(
+                f"Cannot convert JSON value: {json_value_to_string(value)} to "
+                f"{_FLOAT_LIMITS[dtype][2]} without loss of precision."
+            )
+        return value
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            raise _type_error(value, dtype)
+        return value
+    if dtype == "DT_STRING":
+        if not isinstance(value, str):
+            raise _type_error(value, dtype)
+        return value.encode("utf-8")
+    if dtype == "DT_BOOL":
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype)
+        return value
+    raise ServingError(
+        "UNIMPLEMENTED",
+        f"Conversion of JSON Value: {json_value_to_string(value)} to type: {dtype_string(dtype)}",
+    )
+
+
+def dense_shape(value: Any) -> list[int]:
+    """GetDenseTensorShape: the shape read off the first element at every level."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value: Any, level: int, shape: list[int], dtype: str, out: list) -> None:
+    """FillTensorProto: append the leaves of `value`, checking it is dense with `shape`."""
+    rank = len(shape)
+    if not isinstance(value, list):
+        if level != rank:
+            raise invalid_argument(
+                f"JSON Value: {json_value_to_string(value)} found at incorrect level: "
+                f"{level + 1} in the JSON DOM. Expected at level: {rank}"
+            )
+        out.append(_scalar(value, dtype))
+        return
+    if level >= rank:
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(value) != shape[level]:
+        raise invalid_argument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} "
+            f"expected size: {shape[level]}"
+        )
+    for item in value:
+        _fill(item, level + 1, shape, dtype, out)
+
+
+def _to_array(values: list, shape: list[int], dtype: str) -> np.ndarray:
+    """The tensor TF Serving builds from the checked leaves (ints wrap into narrow types)."""
+    if dtype == "DT_STRING":
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+        return array.reshape(shape)
+    if dtype in _INT_RANGES:
+        wide = np.uint64 if dtype == "DT_UINT64" else np.int64
+        return np.array(values, dtype=wide).astype(NUMPY_DTYPES[dtype]).reshape(shape)
+    return np.array(values, dtype=NUMPY_DTYPES[dtype]).reshape(shape)
+
+
+def value_to_tensor(value: Any, dtype: str) -> np.ndarray:
+    """One JSON value (scalar, nested list or {"b64"}) as a dense tensor of `dtype`."""
+    shape = dense_shape(value)
+    leaves: list = []
+    _fill(value, 0, shape, dtype, leaves)
+    return _to_array(leaves, shape, dtype)
+
+
+def _shape_string(shape: list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+class _Batch:
+    """Rows of one named input collected from an "instances" list (AddInstanceItem)."""
+
+    def __init__(self) -> None:
+        self.leaves: list = []
+        self.shape: list[int] | None = None
+        self.size = 0
+
+    def add(self, value: Any, dtype: str) -> None:
+        shape = dense_shape(value)
+        leaves: list = []
+        _fill(value, 0, shape, dtype, leaves)
+        if self.shape is None:
+            self.shape, self.size = shape, len(leaves)
+        elif self.size != len(leaves):
+            raise invalid_argument(f"Expecting tensor size: {self.size} but got: {len(leaves)}")
+        elif self.shape != shape:
+            raise invalid_argument(
+                f"Expecting shape {_shape_string(self.shape)} but got: {_shape_string(shape)}"
+            )
+        self.leaves.extend(leaves)
+
+
+def _instances_to_tensors(instances: list, inputs: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """FillTensorMapFromInstancesList: a batch from a list of rows (or of {name: row} objects)."""
+    if not isinstance(instances[0], dict) and len(inputs) > 1:
+        raise invalid_argument(
+            "instances is a plain list, but expecting list of objects as multiple input "
+            "tensors required as per tensorinfo_map"
+        )
+
+    def is_named_row(value: Any) -> bool:
+        return isinstance(value, dict) and not _is_b64_object(value)
+
+    named_rows = is_named_row(instances[0])
+    batches: dict[str, _Batch] = {}
+    for index, row in enumerate(instances):
+        if named_rows:
+            if not is_named_row(row):
+                raise invalid_argument(
+                    f"Expecting object but got list at item {index} of input list"
+                )
+            for name, value in row.items():
+                try:
+                    if name not in inputs:
+                        raise invalid_argument(f"JSON object: does not have named input: {name}")
+                    batches.setdefault(name, _Batch()).add(value, inputs[name])
+                except ServingError as e:
+                    raise invalid_argument(
+                        f"Failed to process element: {index} key: {name} of 'instances' list. "
+                        f"Error: {e}"
+                    ) from None
+            if set(row) != set(inputs):
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. JSON object: "
+                    f"{json_value_to_string(row)} keys must be equal to: {','.join(sorted(inputs))}"
+                )
+        else:
+            if is_named_row(row):
+                raise invalid_argument(
+                    f"Expecting value/list but got object at item {index} of input list"
+                )
+            name = next(iter(inputs))
+            try:
+                batches.setdefault(name, _Batch()).add(row, inputs[name])
+            except ServingError as e:
+                raise invalid_argument(
+                    f"Failed to process element: {index} of 'instances' list. Error: {e}"
+                ) from None
+    return {
+        name: _to_array(batch.leaves, [len(instances), *batch.shape], inputs[name])
+        for name, batch in batches.items()
+    }
+
+
+def _inputs_to_tensors(value: Any, inputs: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """FillTensorMapFromInputsMap: one value per named input (or a bare value for a single one)."""
+    if not isinstance(value, dict) or _is_b64_object(value):
+        if len(inputs) > 1:
+            raise invalid_argument(
+                "inputs is a plain value/list, but expecting an object as multiple input "
+                "tensors required as per tensorinfo_map"
+            )
+        name, dtype = next(iter(inputs.items()))
+        return {name: value_to_tensor(value, dtype)}
+    tensors = {}
+    for name, dtype in inputs.items():
+        if name not in value:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        tensors[name] = value_to_tensor(value[name], dtype)
+    return tensors
+
+
+def request_tensors(
+    doc: dict, inputs: Mapping[str, str]
+) -> tuple[RequestFormat, dict[str, np.ndarray]]:
+    """The input tensors of a predict request, from "instances" or "inputs".
+
+    `inputs` maps each input name of the signature to its dtype.
+    """
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise invalid_argument(
+            f"JSON Value: {json_value_to_string(doc)} Not formatted correctly expecting only "
+            "one of 'inputs' or 'instances' keys to exist "
+        )
+    if has_instances:
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise invalid_argument(
+                f"JSON Value: {json_value_to_string(doc)} Excepting 'instances' to be an list/array"
+            )
+        if not instances:
+            raise invalid_argument(
+                f"JSON Value: {json_value_to_string(doc)} No values in 'instances' array"
+            )
+        return RequestFormat.ROW, _instances_to_tensors(instances, inputs)
+    if has_inputs:
+        return RequestFormat.COLUMNAR, _inputs_to_tensors(doc["inputs"], inputs)
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+def _format_floats(values: np.ndarray) -> list[str]:
+    """WriteDecimal: shortest "%g" that round-trips (else max_digits10), whole numbers get ".0"."""
+    flat = values.ravel()
+    digits = 9 if flat.dtype != np.float64 else 17
+    texts = [format(v, ".6g") for v in flat.tolist()]
+    finite = np.isfinite(flat)
+    if texts:
+        back = np.array(
+            [t if ok else "0" for t, ok in zip(texts, finite.tolist(), strict=True)],
+            dtype=np.float64,
+        ).astype(flat.dtype)
+        for i in np.flatnonzero(finite & (back != flat)).tolist():
+            texts[i] = format(float(flat[i]), f".{digits}g")
+    for i, text in enumerate(texts):
+        if not finite[i]:
+            value = flat[i]
+            texts[i] = "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+        elif "." not in text and "e" not in text:
+            texts[i] = text + ".0"
+    return texts
+
+
+def _format_values(name: str, tensor: np.ndarray) -> list[str]:
+    """Every element of an output tensor as JSON text (AddSingleValueAndAdvance)."""
+    kind = tensor.dtype.kind
+    if kind == "f":
+        return _format_floats(tensor)
+    if kind in "iu":
+        return [str(v) for v in tensor.ravel().tolist()]
+    if kind == "b":
+        return ["true" if v else "false" for v in tensor.ravel().tolist()]
+    if kind in "OS":
+        # Outputs named *_bytes are binary and come back base64-encoded, like TF Serving.
+        if name.endswith("_bytes"):
+            return [
+                '{"b64": "' + base64.b64encode(v).decode("ascii") + '"}'
+                for v in tensor.ravel().tolist()
+            ]
+        return [json.dumps(v.decode("utf-8", errors="replace")) for v in tensor.ravel().tolist()]
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {tensor.dtype}")
+
+
+def _nested(texts: np.ndarray | str) -> str:
+    """Join element texts into nested single-line JSON arrays of the tensor's shape."""
+    if isinstance(texts, str):
+        return texts
+    if texts.ndim == 1:
+        return "[" + ", ".join(texts.tolist()) + "]"
+    return "[" + ", ".join(_nested(sub) for sub in texts) + "]"
+
+
+def _element_texts(name: str, tensor: np.ndarray) -> np.ndarray:
+    texts = np.empty(tensor.size, dtype=object)
+    texts[:] = _format_values(name, tensor)
+    return texts.reshape(tensor.shape)
+
+
+def tensors_to_json(outputs: Mapping[str, np.ndarray], fmt: RequestFormat) -> bytes:
+    """MakeJsonFromTensors: "predictions" (row format) or "outputs" (columnar)."""
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    texts = {name: _element_texts(name, tensor) for name, tensor in outputs.items()}
+    several = len(outputs) > 1
+    if fmt is RequestFormat.COLUMNAR:
+        if not several:
+            return ('{\n    "outputs": ' + _nested(next(iter(texts.values()))) + "\n}").encode()
+        fields = ",\n".join(f"        {json.dumps(n)}: {_nested(t)}" for n, t in texts.items())
+        return ('{\n    "outputs": {\n' + fields + "\n    }\n}").encode()
+
+    batch_size = -1
+    for name, tensor in outputs.items():
+        if tensor.ndim == 0:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        if batch_size >= 0 and tensor.shape[0] != batch_size:
+            raise invalid_argument(
+                f"Tensor name: {name} has inconsistent batch size: {tensor.shape[0]} "
+                f"expecting: {batch_size}"
+            )
+        batch_size = tensor.shape[0]
+    rows = []
+    for i in range(batch_size):
+        if several:
+            fields = ",\n".join(
+                f"            {json.dumps(n)}: {_nested(t[i])}" for n, t in texts.items()
+            )
+            rows.append("        {\n" + fields + "\n        }")
+        else:
+            rows.append("        " + _nested(next(iter(texts.values()))[i]))
+    return ('{\n    "predictions": [\n' + ",\n".join(rows) + "\n    ]\n}").encode()
+
+
+def error_json(message: str) -> bytes:
+    """MakeJsonFromStatus: every error body is {"error": message}."""
+    return json.dumps({"error": message}, indent=4).encode()

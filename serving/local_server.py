@@ -1,0 +1,229 @@
+"""A local stand-in for tensorflow_model_server: TF Serving's REST API over a real SavedModel.
+
+Same flags as tensorflow_model_server (so the serving image's command line works unchanged):
+
+    python -m serving.local_server --model_name=ssd --model_base_path=data/ssd --rest_api_port=8501
+    curl localhost:8501/v1/models/ssd
+    curl -d '{"instances": [[[[0, 0, 0]]]]}' localhost:8501/v1/models/ssd:predict
+
+It loads the highest numeric version under the base path, opens the port only once the model is
+loaded (as TF Serving does), serves requests concurrently and stops cleanly on SIGINT/SIGTERM,
+finishing the requests in flight. gRPC (--port) is not served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+log = logging.getLogger("serving.local_server")
+
+EPILOG = """examples:
+  python -m serving.local_server --model_name=ssd_mobilenet_v1_coco \\
+      --model_base_path=../shared/models/ssd_mobilenet_v1_coco --rest_api_port=8501
+  # the tensorflow/serving image's command line also works (gRPC --port is accepted, not served):
+  python -m serving.local_server --port=8500 --rest_api_port=8501 \\
+      --model_name=my_model --model_base_path=data/my_model
+"""
+
+
+class RestServer(ThreadingHTTPServer):
+    """HTTP/1.1 keep-alive server, a thread per connection, that can stop without losing requests.
+
+    Stopping closes idle keep-alive connections at once; connections in the middle of a request
+    answer it (with "Connection: close") before their threads are joined.
+    """
+
+    daemon_threads = False  # server_close() joins handler threads: in-flight requests finish
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api) -> None:
+        self.api = api
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._idle: dict[socket.socket, bool] = {}  # open connections -> waiting for a request?
+        super().__init__(address, _Handler)
+
+    def set_idle(self, connection: socket.socket, idle: bool | None) -> bool:
+        """Record a connection's state (None: closed); False when the server is stopping."""
+        with self._lock:
+            if idle is None:
+                self._idle.pop(connection, None)
+            else:
+                self._idle[connection] = idle
+            return not self.stopping
+
+    def stop(self) -> None:
+        """Stop accepting, then wake idle keep-alive connections so their threads end."""
+        self.shutdown()
+        with self._lock:
+            self.stopping = True
+            idle = [conn for conn, is_idle in self._idle.items() if is_idle]
+        for conn in idle:
+            with contextlib.suppress(OSError):  # already closed by the client
+                conn.shutdown(socket.SHUT_RD)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: RestServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.set_idle(self.connection, True)
+
+    def finish(self) -> None:
+        self.server.set_idle(self.connection, None)
+        super().finish()
+
+    def handle_one_request(self) -> None:
+        if not self.server.set_idle(self.connection, True):
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        # A request line has arrived: from here on this connection is busy.
+        if not self.server.set_idle(self.connection, False):
+            self.close_connection = True
+        return super().parse_request()
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _serve(self) -> None:
+        start = time.perf_counter()
+        status, payload = self.server.api.handle(self.command, self.path, self._read_body())
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        if self.server.stopping:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(payload)
+        log.info(
+            "%s %s %d %.1f ms", self.command, self.path, status, (time.perf_counter() - start) * 1e3
+        )
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve
+
+    def log_request(self, code="-", size="-") -> None:
+        pass  # _serve logs one line per request, with its duration
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.local_server",
+        description="Serve a SavedModel over TensorFlow Serving's REST API (a local stand-in "
+        "for tensorflow_model_server, with the same flags).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model_name", default="default", help="name in the URLs (/v1/models/NAME)"
+    )
+    parser.add_argument(
+        "--model_base_path",
+        required=True,
+        type=Path,
+        help="directory of numeric version subdirectories; the highest is served",
+    )
+    parser.add_argument("--rest_api_port", type=int, default=8501, help="HTTP/REST port")
+    parser.add_argument(
+        "--rest_api_timeout_in_ms",
+        type=int,
+        default=30000,
+        help="deadline of a model call; past it the request gets 504 (<= 0: no deadline)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="gRPC port of tensorflow_model_server: NOT served"
+    )
+    parser.add_argument(
+        "--rest_api_host",
+        default="0.0.0.0",
+        help="address to listen on (tensorflow_model_server listens on all interfaces)",
+    )
+    parser.add_argument(
+        "--rest_api_num_threads",
+        type=int,
+        default=max(4, 2 * (os.cpu_count() or 1)),
+        help="model calls run at the same time",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    if args.port is not None:
+        log.warning(
+            "gRPC is not served by this local stand-in: --port=%d is ignored; use the REST API "
+            "on --rest_api_port=%d",
+            args.port,
+            args.rest_api_port,
+        )
+
+    # Imported here so that --help is instant: TensorFlow takes seconds to import.
+    from serving.model import ModelDirError, ServedModel
+    from serving.rest_api import RestApi
+
+    start = time.perf_counter()
+    try:
+        model = ServedModel.load(args.model_name, args.model_base_path)
+    except ModelDirError as e:
+        print(f"local_server: error: {e}", file=sys.stderr)
+        return 1
+    log.info(
+        "Successfully loaded servable version {name: %s version: %d} from %s in %.1f s",
+        model.name,
+        model.version,
+        model.path,
+        time.perf_counter() - start,
+    )
+
+    executor = ThreadPoolExecutor(args.rest_api_num_threads, thread_name_prefix="model")
+    api = RestApi(model, executor, timeout_ms=args.rest_api_timeout_in_ms)
+    try:
+        server = RestServer((args.rest_api_host, args.rest_api_port), api)
+    except OSError as e:
+        print(f"local_server: error: cannot listen on {args.rest_api_port}: {e}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("%s: finishing the requests in flight, then exiting", signal.Signals(signum).name)
+        # shutdown() waits for serve_forever() to return, so it can't run in this (main) thread.
+        threading.Thread(target=server.stop, name="stop").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("Exporting HTTP/REST API at:%s:%d ...", args.rest_api_host, server.server_address[1])
+    server.serve_forever()
+    server.server_close()  # joins the connection threads
+    executor.shutdown(wait=True)
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

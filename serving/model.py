@@ -1,0 +1,147 @@
+"""A SavedModel served the way tensorflow_model_server serves one: latest numeric version, its
+signatures, its status and metadata documents.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+from serving.errors import invalid_argument
+
+DEFAULT_SIGNATURE = "serving_default"
+SERVE_TAG = "serve"
+
+
+class ModelDirError(Exception):
+    """The base path holds nothing servable (said in words a user can act on)."""
+
+
+def numeric_versions(base_path: Path) -> dict[int, Path]:
+    """Version dirs under a base path, as TF Serving reads them: names parsed as integers.
+
+    "00001" is version 1; names that are not integers (e.g. "tmp", "1.bak") are ignored.
+    """
+    versions = {}
+    for entry in base_path.iterdir():
+        if entry.is_dir() and entry.name.isascii() and entry.name.isdigit():
+            versions[int(entry.name)] = entry
+    return versions
+
+
+def latest_version(base_path: Path) -> tuple[int, Path]:
+    """The highest numeric version under `base_path` (TF Serving's default "latest" policy)."""
+    if not base_path.is_dir():
+        raise ModelDirError(f"model base path {base_path} is not a directory")
+    versions = numeric_versions(base_path)
+    if not versions:
+        found = sorted(p.name for p in base_path.iterdir()) or ["nothing"]
+        raise ModelDirError(
+            f"no numeric version directory under {base_path} (found: {', '.join(found)}); "
+            "lay the model out as BASE_PATH/1/saved_model.pb (see python -m serving.prepare_model)"
+        )
+    version = max(versions)
+    return version, versions[version]
+
+
+def _serving_meta_graph(saved_model_dir: Path) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraphDef tagged "serve", whose SignatureDefs TF Serving reports as metadata."""
+    pb_path = saved_model_dir / "saved_model.pb"
+    if not pb_path.is_file():
+        raise ModelDirError(f"{saved_model_dir} has no saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString(pb_path.read_bytes())
+    for meta_graph in saved_model.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return meta_graph
+    raise ModelDirError(f"{pb_path} has no MetaGraph tagged {SERVE_TAG!r}")
+
+
+def _proto_json(message) -> dict:
+    """A proto as TF Serving prints it: proto field names, defaults printed, int64 as strings."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+@dataclass
+class ServedModel:
+    """One loaded version of a SavedModel and what the REST API needs from it."""
+
+    name: str
+    version: int
+    path: Path
+    meta_graph: meta_graph_pb2.MetaGraphDef
+    functions: Mapping  # signature name -> concrete function
+    loaded: object  # the loaded SavedModel: its variables must outlive the functions
+
+    @classmethod
+    def load(cls, name: str, base_path: Path) -> ServedModel:
+        version, path = latest_version(base_path)
+        meta_graph = _serving_meta_graph(path)
+        loaded = tf.saved_model.load(os.fspath(path), tags=[SERVE_TAG])
+        return cls(name, version, path, meta_graph, dict(loaded.signatures), loaded)
+
+    def input_dtypes(self, signature_name: str) -> dict[str, str]:
+        """Input name -> DataType name ("DT_UINT8") of a signature (GetInfoMap)."""
+        name = signature_name or DEFAULT_SIGNATURE
+        signature = self.meta_graph.signature_def.get(name)
+        if signature is None:
+            raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+        return {
+            key: types_pb2.DataType.Name(info.dtype)
+            for key, info in sorted(signature.inputs.items())
+        }
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call the signature; a tensor the graph can't take (wrong shape/rank) is a 400."""
+        name = signature_name or DEFAULT_SIGNATURE
+        function = self.functions.get(name)
+        if function is None:
+            raise invalid_argument(f'Serving signature name: "{name}" is not callable')
+        try:
+            tensors = {key: tf.constant(value) for key, value in inputs.items()}
+            outputs = function(**tensors)
+        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as e:
+            raise invalid_argument(_first_line(str(e))) from None
+        return {key: value.numpy() for key, value in sorted(outputs.items())}
+
+    def status_json(self) -> dict:
+        """GetModelStatusResponse of the loaded version (a string: int64 in proto JSON)."""
+        return {
+            "model_version_status": [
+                {
+                    "version": str(self.version),
+                    "state": "AVAILABLE",
+                    "status": {"error_code": "OK", "error_message": ""},
+                }
+            ]
+        }
+
+    def metadata_json(self) -> dict:
+        """GetModelMetadataResponse: model_spec + a SignatureDefMap (hence signature_def twice)."""
+        return {
+            "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
+            "metadata": {
+                "signature_def": {
+                    "signature_def": {
+                        key: _proto_json(signature)
+                        for key, signature in self.meta_graph.signature_def.items()
+                    }
+                }
+            },
+        }
+
+
+def _first_line(message: str) -> str:
+    """TensorFlow's Python errors run to many lines of call-site detail; the first says what."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if lines else message

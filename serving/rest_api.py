@@ -1,0 +1,156 @@
+"""TF Serving's REST API over one ServedModel, independent of the HTTP transport.
+
+Routing, version/label resolution and error wording follow tensorflow_serving/model_servers/
+http_rest_api_handler.cc and http_rest_api_util.cc: the same URL regexes (case-insensitive), the
+same order of checks, the same canonical error codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from concurrent.futures import TimeoutError as FutureTimeout
+from urllib.parse import unquote
+
+import numpy as np
+
+from serving import fast_tensor, json_tensor
+from serving.errors import ServingError, invalid_argument, not_found
+from serving.model import ServedModel
+
+log = logging.getLogger(__name__)
+
+_SPEC = r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+PREDICT_PATH = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
+STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE,
+)
+_INT64_MAX = 2**63 - 1
+
+
+class RestApi:
+    """Answers (method, path, body) with (HTTP status, JSON body), as TF Serving would."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        executor: Executor,
+        timeout_ms: int = 30000,
+        version_labels: Mapping[str, int] | None = None,
+    ) -> None:
+        self.model = model
+        self.executor = executor
+        self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
+        self.version_labels = dict(version_labels or {})
+
+    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        try:
+            return 200, self._dispatch(method, path.split("?", 1)[0], body)
+        except ServingError as e:
+            return e.http_status, json_tensor.error_json(e.message)
+        except Exception as e:  # a bug or a model failure: TF Serving answers INTERNAL too
+            log.exception("internal error on %s %s", method, path)
+            return 500, json_tensor.error_json(f"Internal error: {type(e).__name__}: {e}")
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+        malformed = invalid_argument(f"Malformed request: {method} {path}")
+        if method == "POST":
+            match = PREDICT_PATH.fullmatch(path)
+            if not match:
+                raise malformed
+            name, version, label, verb = match.groups()
+            version_number = self._resolve(name, version, label)
+            if verb == "predict":
+                return self._predict(name, version_number, body)
+            if verb in ("classify", "regress"):
+                raise ServingError(
+                    "UNIMPLEMENTED",
+                    f"{verb} is not served by this local stand-in for TF Serving; use :predict",
+                )
+            raise malformed  # TF Serving matches the verb case-insensitively, then compares it
+        if method == "GET":
+            match = STATUS_PATH.fullmatch(path)
+            if not match:
+                raise malformed
+            name, version, label, subresource = match.groups()
+            if not name:
+                raise invalid_argument("Missing model name in request.")
+            version_number = self._resolve(name, version, label)
+            if subresource == "metadata":
+                self._servable(unquote(name), version_number)
+                return _pretty(self.model.metadata_json())
+            return self._status(unquote(name), version_number)
+        raise malformed
+
+    def _resolve(self, name: str, version: str | None, label: str | None) -> int | None:
+        """ParseModelInfo: the requested version number (None = latest)."""
+        if version is not None:
+            number = int(version)
+            if number > _INT64_MAX:
+                raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+            return number
+        if label is not None:
+            label = unquote(label)
+            if unquote(name) != self.model.name or label not in self.version_labels:
+                raise invalid_argument(f"Unrecognized servable version label: {label}")
+            return self.version_labels[label]
+        return None
+
+    def _servable(self, name: str, version: int | None) -> ServedModel:
+        """ServerCore::GetServableHandle: the loaded model, or NOT_FOUND as TF Serving words it."""
+        if name != self.model.name or (version is not None and version != self.model.version):
+            request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+            raise not_found(f"Servable not found for request: {request}")
+        return self.model
+
+    def _status(self, name: str, version: int | None) -> bytes:
+        if name != self.model.name:
+            raise not_found(f"Could not find any versions of model {name}")
+        if version is not None and version != self.model.version:
+            raise not_found(f"Could not find version {version} of model {name}")
+        return _pretty(self.model.status_json())
+
+    def _predict(self, name: str, version: int | None, body: bytes) -> bytes:
+        name = unquote(name)
+
+        def lookup_inputs(signature_name: str) -> dict[str, str]:
+            return self._servable(name, version).input_dtypes(signature_name)
+
+        # The common big request (one numeric tensor) is parsed with numpy; anything else, and
+        # every error, goes through the general path, which words errors as TF Serving does.
+        fast = fast_tensor.parse_predict_request(body, lookup_inputs)
+        if fast is not None:
+            signature_name, fmt, tensors = fast
+        else:
+            doc = json_tensor.parse_json_document(body)
+            signature_name = json_tensor.signature_name_of(doc)
+            inputs = lookup_inputs(signature_name)
+            if not inputs:
+                raise invalid_argument(
+                    f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
+                )
+            fmt, tensors = json_tensor.request_tensors(doc, inputs)
+        outputs = self._run_with_deadline(signature_name, tensors)
+        return json_tensor.tensors_to_json(outputs, fmt)
+
+    def _run_with_deadline(
+        self, signature_name: str, tensors: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The model call, bounded by --rest_api_timeout_in_ms like TF Serving's RunOptions.
+
+        A call past the deadline is answered with DEADLINE_EXCEEDED (504); TensorFlow can't
+        cancel it, so it finishes in the background and its result is dropped.
+        """
+        future = self.executor.submit(self.model.run, signature_name, tensors)
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            raise ServingError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
+
+
+def _pretty(document: dict) -> bytes:
+    return json.dumps(document, indent=2).encode()

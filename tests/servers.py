@@ -1,0 +1,131 @@
+"""Start the local TF Serving stand-in as a real process for tests.
+
+    with LocalServer(PIXEL_MODEL, model_name="ssd") as server:
+        requests.post(server.predict_url, json={"instances": [...]})
+
+The server gets a free loopback port, is waited for until its port accepts connections (it opens
+the port only once the model is loaded), and is always terminated on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick for an ephemeral bind)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def port_accepts(port: int, host: str = HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class LocalServer:
+    """`python -m serving.local_server` on 127.0.0.1:port, as a context manager."""
+
+    def __init__(
+        self,
+        model_base_path: str | os.PathLike,
+        model_name: str = "model",
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.model_base_path = Path(model_base_path)
+        self.model_name = model_name
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen | None = None
+        # A file, not a pipe: nobody reads the log while the server runs, and a full pipe blocks.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def model_url(self) -> str:
+        return f"{self.base_url}/v1/models/{self.model_name}"
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.model_url}:predict"
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "serving.local_server",
+            f"--model_name={self.model_name}",
+            f"--model_base_path={self.model_base_path}",
+            f"--rest_api_port={self.port}",
+            f"--rest_api_host={HOST}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> LocalServer:
+        """Start the process; return once its port accepts connections."""
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._stderr
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while not port_accepts(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"local server exited with {self.process.returncode} before listening:\n"
+                    f"{self.stderr()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(
+                    f"local server not listening on {self.port} after {self.start_timeout} s:\n"
+                    f"{self.stderr()}"
+                )
+            time.sleep(0.1)
+        return self
+
+    def stderr(self) -> str:
+        """Everything the server wrote to stderr so far (its log: one line per request)."""
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Signal the process and wait for it; kill it if it doesn't exit. Returns its exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.stop()
+        finally:
+            self._stderr.close()
