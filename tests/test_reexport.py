@@ -1,14 +1,17 @@
 """The re-export command: the real SSD model, wrapped to take JPEG/PNG bytes, must detect what the
 original detects on the same photos, and TF Serving's signature metadata must say DT_STRING.
 
-The re-export runs once per module (about 2 s); the comparisons call both models in-process.
+The re-export runs once per module (about 2 s); the comparisons call both models in-process, and
+one test serves the result with the local server and sends {"b64"} instances over real HTTP.
 """
 
+import base64
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import tensorflow as tf
 from click.testing import CliRunner, Result
 from PIL import Image
@@ -17,6 +20,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from serving.reexport import main
 from tests.conftest import COCO_DOG, COCO_KITE, ENCODED_MODEL, IMAGE1, IMAGE2, PIXEL_MODEL
+from tests.servers import LocalServer
 
 SOURCE = PIXEL_MODEL / "1"
 SCORE_TOLERANCE = 0.03
@@ -58,13 +62,16 @@ def encoded(*paths: Path) -> tf.Tensor:
 
 
 def detections(outputs: dict, row: int = 0, min_score: float = 0.0) -> list[tuple]:
-    """(class id, score, box) of one image's detections scoring above min_score."""
+    """(class id, score, box) of one image's detections scoring above min_score.
+
+    `outputs` is a batch: the model's tensors, or TF Serving's `predictions` turned into columns.
+    """
     return [
         (int(cls), float(score), box)
         for cls, score, box in zip(
-            outputs["detection_classes"][row].numpy(),
-            outputs["detection_scores"][row].numpy(),
-            outputs["detection_boxes"][row].numpy(),
+            np.asarray(outputs["detection_classes"][row]),
+            np.asarray(outputs["detection_scores"][row]),
+            np.asarray(outputs["detection_boxes"][row]),
             strict=True,
         )
         if score > min_score
@@ -146,6 +153,30 @@ def test_bytes_that_are_no_image_are_an_invalid_argument(wrapped) -> None:
     """TF Serving answers InvalidArgument with HTTP 400 and this message."""
     with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
         wrapped(inputs=tf.constant([b"this is not an image"]))
+
+
+def b64(path: Path) -> dict:
+    return {"b64": base64.b64encode(path.read_bytes()).decode("ascii")}
+
+
+def test_served_over_rest_with_b64_instances(reexported: Path) -> None:
+    """The re-exported base path behind the local TF Serving stand-in, over real HTTP."""
+    with LocalServer(reexported.parent, model_name="ssd_jpeg") as server:
+        response = requests.post(
+            server.predict_url, json={"instances": [b64(IMAGE1), b64(IMAGE2)]}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        columns = {name: [p[name] for p in predictions] for name in predictions[0]}
+        dogs = [score for cls, score, _ in detections(columns, 0, 0.5) if cls == COCO_DOG]
+        assert len(dogs) == 2
+        assert all(0.65 <= score <= 0.8 for score in dogs)
+        assert COCO_KITE in {cls for cls, _, _ in detections(columns, 1, 0.5)}
+
+        not_an_image = {"b64": base64.b64encode(b"not an image").decode("ascii")}
+        response = requests.post(server.predict_url, json={"instances": [not_an_image]}, timeout=60)
+        assert response.status_code == 400
+        assert response.json()["error"]
 
 
 def test_overwrite_replaces_and_check_compares(tmp_path: Path) -> None:
