@@ -196,11 +196,10 @@ def reexport(
     log: Callable[[str], None] = lambda _: None,
 ) -> Path:
     """Write the encoded-image version of `src`'s `signature`; return the SavedModel directory."""
-    target = target_dir(dest, version)
-    if target.resolve() == src.resolve():
+    target = target_dir(dest, version).resolve()  # resolved: "." must get a real name
+    if target == src.resolve():
         raise ReexportError("the destination is the source itself: write to another directory")
-    if target.exists() and not overwrite:
-        raise ReexportError(f"{target} already exists: pass --overwrite to replace it")
+    _check_replaceable(target, overwrite)
     with _step(f"loading {src} (signature {signature!r})", log):
         source = load_image_signature(src, signature)
     log(
@@ -214,6 +213,20 @@ def reexport(
         'one encoded JPEG/PNG per element (over REST: {"b64": "..."})'
     )
     return target
+
+
+def _check_replaceable(target: Path, overwrite: bool) -> None:
+    """--overwrite replaces a SavedModel (or an empty directory), never some other directory:
+    a mistyped DEST_DIR such as `~` must not be deleted."""
+    if not target.exists():
+        return
+    if not overwrite:
+        raise ReexportError(f"{target} already exists: pass --overwrite to replace it")
+    if not (target / "saved_model.pb").is_file() and any(target.iterdir()):
+        raise ReexportError(
+            f"{target} is not a SavedModel directory: not replacing it even with --overwrite; "
+            "choose another destination or remove it yourself"
+        )
 
 
 @dataclass

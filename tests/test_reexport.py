@@ -182,12 +182,11 @@ def test_served_over_rest_with_b64_instances(reexported: Path) -> None:
 def test_overwrite_replaces_and_check_compares(tmp_path: Path) -> None:
     target = tmp_path / "7"
     target.mkdir()
-    (target / "old_model_file").write_text("stale")
+    (target / "saved_model.pb").write_text("an older model")
 
     result = run_cli(SOURCE, tmp_path, "--version", 7, "--overwrite", "--check", IMAGE2)
 
     assert result.exit_code == 0, result.output
-    assert not (target / "old_model_file").exists()
     assert signature_def(target).inputs["inputs"].dtype == types_pb2.DT_STRING
     check = next(line for line in result.stderr.splitlines() if line.startswith("check image2"))
     difference = float(check.split("largest output difference ")[1].split(";")[0])
@@ -238,6 +237,14 @@ def test_existing_destination_is_kept_without_overwrite(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "already exists: pass --overwrite" in result.stderr
     assert (tmp_path / "1" / "saved_model.pb").read_text() == "someone's model"
+
+
+def test_overwrite_never_deletes_a_directory_that_is_no_saved_model(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("precious")
+    result = run_cli(SOURCE, tmp_path, "--overwrite")
+    assert result.exit_code == 1
+    assert "is not a SavedModel directory: not replacing it" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "precious"
 
 
 def test_missing_source_is_a_usage_error(tmp_path: Path) -> None:
