@@ -100,6 +100,7 @@ def main() -> int:
                        f"{registry.host}/bench", "--tag", tag]  # fmt: skip
             try:
                 build_wall, build_peak, built = run_measured(command)
+                remove_image(client, target)  # the second run builds it again, then pushes
                 wall, peak_mb, done = run_measured([*command, "--push"])
             finally:
                 remove_image(client, target)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,7 +21,12 @@ from docker.auth import resolve_repository_name
 from deploy.manifest import ManifestError, set_deployment_image
 from image_builder.builder import BuildError, Credentials, ImageBuilder, connect
 from image_builder.model_dir import ModelDirError, find_versions
-from image_builder.reference import ReferenceError, check_model_name, image_reference
+from image_builder.reference import (
+    ImageReference,
+    ReferenceError,
+    check_model_name,
+    image_reference,
+)
 
 PASSWORD_ENV = "REGISTRY_PASSWORD"
 DEFAULT_BASE_IMAGE = "tensorflow/serving:latest"
@@ -56,6 +63,20 @@ def _credentials(username: str | None, password_stdin: bool, repository: str) ->
             f"--username needs a password: set {PASSWORD_ENV} or pipe it with --password_stdin"
         )
     return Credentials(username, password, resolve_repository_name(repository)[0])
+
+
+def _check_manifest(manifest: Path, target: ImageReference) -> None:
+    """Fail before building, not after pushing, when --manifest could not take the digest.
+
+    Runs the real edit on a scratch copy with a dummy digest of the same shape.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch, manifest.name)
+        shutil.copyfile(manifest, copy)
+        try:
+            set_deployment_image(copy, target.with_digest("sha256:" + "0" * 64))
+        except (ManifestError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"--manifest {manifest}: {exc}") from None
 
 
 def _interrupted(signum: int, frame: object) -> NoReturn:
@@ -120,6 +141,8 @@ def main(
         versions = find_versions(model_dir, version)
         target = image_reference(registry, image or f"{model_name.lower()}_serving", tag)
         credentials = _credentials(username, password_stdin, target.repository)
+        if manifest:
+            _check_manifest(manifest, target)
 
         builder = ImageBuilder(connect(), credentials)
         image_id = builder.build(versions, model_name, base_image, target)

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner, Result
 from docker.errors import ImageNotFound
 
+from deploy.validate import load_documents, validate_documents
 from image_builder.cli import PASSWORD_ENV, main
 from image_builder.progress import follow
 from tests.conftest import PIXEL_MODEL, ROOT
@@ -118,23 +119,33 @@ def test_build_push_and_pull_back_by_digest(
                 assert packed.extractfile(member).read() == original, name
 
 
+@pytest.mark.parametrize("auth", [False, True], ids=["open registry", "htpasswd registry"])
 def test_missing_base_image_is_pulled_with_progress(
+    auth: bool,
     docker_client: docker.DockerClient,
     local_registry: LocalRegistry,
+    auth_registry: LocalRegistry,
     docker_cleanup: DockerCleanup,
 ) -> None:
-    """A base image only the registry has: pushed there, removed here, then built from."""
+    """A base image only the registry has (pushed there, removed here) is pulled for the build;
+    from the htpasswd registry with the --username credentials given for the push."""
+    registry = auth_registry if auth else local_registry
+    credentials = {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD} if auth else None
     local = docker_cleanup.image(import_tiny_base_image(docker_client, "tfs-sidecar-test/pull:1"))
-    remote = docker_cleanup.image(f"{local_registry.host}/bases/tiny:{uuid.uuid4().hex[:8]}")
+    remote = docker_cleanup.image(f"{registry.host}/bases/tiny:{uuid.uuid4().hex[:8]}")
     docker_client.images.get(local).tag(remote)
-    follow(docker_client.api.push(remote, stream=True, decode=True), "push")
+    pushed = docker_client.api.push(remote, stream=True, decode=True, auth_config=credentials)
+    follow(pushed, "push")
     docker_client.images.remove(remote)
     docker_client.images.remove(local)
     with pytest.raises(ImageNotFound):
         docker_client.images.get(remote)
 
-    target = docker_cleanup.image("ssd_serving:pulled")
-    result = build(*model_args(remote, "--tag", "pulled"))
+    target = docker_cleanup.image(f"{registry.host}/ssd_serving:pulled")
+    args = model_args(remote, "--registry", registry.host, "--tag", "pulled")
+    if auth:
+        args += ["--username", REGISTRY_USER]
+    result = build(*args, env={PASSWORD_ENV: REGISTRY_PASSWORD})
     assert result.exit_code == 0, result.output
     assert f"base image {remote} not found locally: pulling it" in result.stderr
     assert "pull " in result.stderr  # a line per layer
@@ -239,6 +250,9 @@ def test_manifest_gets_the_digest_and_nothing_else(
     assert old.startswith("- ") and new.startswith("+ ")
     old_reference = old.split("image:")[1].strip()
     assert new[2:] == old[2:].replace(old_reference, reference)
+    # and deploy.validate (issue 5) accepts what build_image.py wrote, placeholder forbidden
+    problems = validate_documents(load_documents(manifest), allow_placeholder=False)
+    assert [str(p) for p in problems if not p.note] == []
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -164,10 +164,17 @@ def test_cli_refuses_before_touching_docker(tmp_path: Path) -> None:
         assert "Docker daemon" not in result.output
 
 
-def test_manifest_needs_push(tmp_path: Path) -> None:
+def test_manifest_needs_push_and_a_deployment_image(tmp_path: Path) -> None:
+    """Checked before the build, so a push never ends in 'but the manifest could not be set'."""
     manifest = tmp_path / "k8s.yaml"
-    manifest.write_text("kind: Deployment\n")
+    manifest.write_text("kind: Service\n")
     args = ["--model_dir", str(PIXEL_MODEL), "--model_name", "ssd", "--manifest", str(manifest)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert "--manifest needs --push" in result.output
+
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    result = CliRunner().invoke(main, [*args, "--push"], env=env)
+    assert result.exit_code == 1
+    assert "has no Deployment" in result.output
+    assert manifest.read_text() == "kind: Service\n"
