@@ -39,8 +39,8 @@ class LayerProgress:
                     desc=f"{self.action} {layer}", unit="B", unit_scale=True, leave=True
                 )
             if "total" in detail:
-                bar.total = detail["total"]
                 bar.n = detail.get("current", 0)
+                bar.total = max(detail["total"], bar.n)  # pushes may count past the estimate
             bar.set_postfix_str(status, refresh=True)
         elif status.startswith(self.DONE):
             print(f"{self.action} {layer}: {status}", file=sys.stderr, flush=True)
