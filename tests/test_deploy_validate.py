@@ -102,7 +102,7 @@ def test_validates_against_the_newest_kubernetes_versions_installed() -> None:
 
 SELECTOR = "    matchLabels:\n      app.kubernetes.io/name: faster-rcnn-resnet\n  # A rollout"
 READY_PATH = (
-    "/v1/models/faster_rcnn_resnet/metadata\n              port: http\n            periodSeconds: 5"
+    "readinessProbe:\n            httpGet:\n              path: /v1/models/faster_rcnn_resnet"
 )
 LIMITS = '            limits:\n              cpu: "2"\n              memory: 4Gi\n'
 SERVICE_SELECTOR = (
@@ -158,7 +158,7 @@ BROKEN = {
         "'/v1/models/ssd/metadata' does not name the served model 'faster_rcnn_resnet'",
     ),
     "readiness on the status endpoint": (
-        swap(READY_PATH, READY_PATH.replace("/metadata", "")),
+        swap(READY_PATH + "/metadata\n", READY_PATH + "\n"),
         f"{DEPLOYMENT}: {CONTAINER}.readinessProbe",
         "must be an httpGet of /v1/models/faster_rcnn_resnet/metadata",
     ),
