@@ -19,7 +19,13 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from tfserving.errors import NotTFServing, ServerError, ServerTimeout, ServerUnreachable
+from tfserving.errors import (
+    ConnectionDropped,
+    NotTFServing,
+    ServerError,
+    ServerTimeout,
+    ServerUnreachable,
+)
 from tfserving.metadata import ModelMetadata, parse_metadata
 from tfserving.spec import ServerSpec
 
@@ -117,6 +123,8 @@ class TFServingClient:
         except requests.Timeout as exc:
             raise ServerTimeout(url, self.timeout) from exc
         except requests.ConnectionError as exc:
+            if _dropped(exc):
+                raise ConnectionDropped(url) from exc
             raise ServerUnreachable(url, _reason(exc)) from exc
         return _decode(url, response)
 
@@ -144,6 +152,9 @@ def _reason(exc: requests.ConnectionError) -> str:
     match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     if match:
         return match.group(1).strip()
-    if "RemoteDisconnected" in text or "Connection aborted" in text:
-        return "the server closed the connection without answering"
     return text
+
+
+def _dropped(exc: requests.ConnectionError) -> bool:
+    """The request went out but the connection closed before an answer (not a refusal)."""
+    return "Connection aborted" in str(exc) or "RemoteDisconnected" in str(exc)

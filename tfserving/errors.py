@@ -19,6 +19,15 @@ class ServerUnreachable(TFServingError):
         )
 
 
+class ConnectionDropped(TFServingError):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(
+            f"the connection to {url} closed before an answer came: the server (or a proxy in "
+            "between) dropped the request; its log should say why"
+        )
+
+
 class ServerTimeout(TFServingError):
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
