@@ -124,19 +124,22 @@ class BuildContainer:
         self.container: Container | None = None
 
     def __enter__(self) -> BuildContainer:
-        with docker_step(f"creating a container from {self.base_image}"):
-            self.container = self.client.containers.create(self.base_image, name=self.name)
+        try:
+            with docker_step(f"creating a container from {self.base_image}"):
+                self.container = self.client.containers.create(self.base_image, name=self.name)
+        except BaseException:  # e.g. Ctrl-C after the daemon created it, before we knew its id
+            self.remove()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
     def remove(self) -> None:
-        if self.container is None:
-            return
+        """Remove the container by its unique name, whether or not its creation completed."""
         with signals_deferred():
             try:
-                self.container.remove(force=True, v=True)
+                self.client.api.remove_container(self.name, force=True, v=True)
             except docker.errors.NotFound:
                 pass
             except (DockerException, requests.RequestException) as exc:

@@ -23,6 +23,7 @@ from click.testing import CliRunner, Result
 from docker.errors import ImageNotFound
 
 from deploy.validate import load_documents, validate_documents
+from image_builder.builder import BuildContainer
 from image_builder.cli import PASSWORD_ENV, main
 from image_builder.progress import follow
 from tests.conftest import PIXEL_MODEL, ROOT
@@ -293,4 +294,13 @@ def test_interrupt_during_copy_removes_the_container(
     assert proc.returncode == 130, stderr
     assert "interrupted; the build container was removed" in stderr
     assert "Traceback" not in stderr
+    assert not build_containers(docker_client)
+
+
+def test_build_container_is_removed_when_the_block_fails(
+    docker_client: docker.DockerClient, tiny_base_image: str, docker_cleanup: DockerCleanup
+) -> None:
+    with pytest.raises(RuntimeError, match="boom"), BuildContainer(docker_client, tiny_base_image):
+        assert len(build_containers(docker_client)) == 1
+        raise RuntimeError("boom")
     assert not build_containers(docker_client)
