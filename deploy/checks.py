@@ -25,6 +25,7 @@ PLACEHOLDER_IMAGE = (
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 HOSTNAME = "kubernetes.io/hostname"
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+BLOCKS_DRAINS = "no pod could ever be evicted, so node drains and cluster upgrades would hang"
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ def selects(selector: Any, labels: dict[str, Any]) -> bool:
 # --- Deployment ---------------------------------------------------------------------------
 
 
-def _deployment_problems(doc: Document, hpas: list[Document], allow_placeholder: bool) -> list:
+def _deployment_problems(
+    doc: Document, hpas: list[Document], allow_placeholder: bool
+) -> list[Problem]:
     spec = _map(doc.data.get("spec"))
     pod_labels = _pod_labels(doc)
     pod_spec = _map(_map(spec.get("template")).get("spec"))
@@ -334,9 +337,12 @@ def _service_problems(doc: Document, deployments: list[Document]) -> list[Proble
     return problems
 
 
-def _pdb_problems(doc: Document, deployments: list[Document], hpas: list[Document]) -> list:
+def _pdb_problems(
+    doc: Document, deployments: list[Document], hpas: list[Document]
+) -> list[Problem]:
     spec = _map(doc.data.get("spec"))
-    targets = _selected(doc, spec.get("selector"), deployments)
+    # policy/v1: an empty selector selects every pod of the namespace, a missing one none.
+    targets = _selected(doc, spec["selector"], deployments) if "selector" in spec else []
     if not targets:
         return [
             Problem(
@@ -346,19 +352,15 @@ def _pdb_problems(doc: Document, deployments: list[Document], hpas: list[Documen
                 f"({_names(deployments)}): the budget protects nothing",
             )
         ]
+    if str(spec.get("maxUnavailable")) in ("0", "0%"):
+        return [Problem(doc, "spec.maxUnavailable", f"{spec['maxUnavailable']}: {BLOCKS_DRAINS}")]
     min_available = spec.get("minAvailable")
     problems = []
     for deployment in targets:
         replicas = _min_replicas(deployment, hpas)
         if isinstance(min_available, int) and min_available >= replicas:
-            problems.append(
-                Problem(
-                    doc,
-                    "spec.minAvailable",
-                    f"{min_available} with {replicas} replicas of {deployment.name}: no pod could "
-                    "ever be evicted, so node drains and upgrades would hang",
-                )
-            )
+            message = f"{min_available} with {replicas} replicas of {deployment.name}"
+            problems.append(Problem(doc, "spec.minAvailable", f"{message}: {BLOCKS_DRAINS}"))
     return problems
 
 

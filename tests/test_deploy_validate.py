@@ -207,6 +207,11 @@ BROKEN = {
         "PodDisruptionBudget/faster-rcnn-resnet-pdb: spec.minAvailable",
         "2 with 2 replicas of faster-rcnn-resnet-deployment: no pod could ever be evicted",
     ),
+    "PodDisruptionBudget allowing no disruption": (
+        swap("  minAvailable: 1\n", "  maxUnavailable: 0\n"),
+        "PodDisruptionBudget/faster-rcnn-resnet-pdb: spec.maxUnavailable",
+        "0: no pod could ever be evicted",
+    ),
 }
 
 
