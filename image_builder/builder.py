@@ -35,9 +35,10 @@ from image_builder.model_dir import ModelArchive, ModelVersion
 from image_builder.progress import RegistryError, follow
 from image_builder.reference import ImageReference
 
-# Build containers are found by this name prefix (tests assert none is left). Not by a label:
-# `docker commit` copies the container's labels into the image, and every container later run
-# from the image would carry it.
+# Build containers are named PREFIX + PID + "-" + random: `docker ps -a --filter
+# name=tfs-sidecar-build-` finds them, and the PID tells which build made one (tests check
+# their own builds only, while others share the daemon). Not a label: `docker commit` copies
+# the container's labels into the image, so every container run from it would carry the label.
 CONTAINER_PREFIX = "tfs-sidecar-build-"
 DEFAULT_MODEL_BASE_PATH = "/models"  # tensorflow/serving's MODEL_BASE_PATH
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -120,7 +121,7 @@ class BuildContainer:
     def __init__(self, client: docker.DockerClient, base_image: str) -> None:
         self.client = client
         self.base_image = base_image
-        self.name = f"{CONTAINER_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.name = f"{CONTAINER_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.container: Container | None = None
 
     def __enter__(self) -> BuildContainer:

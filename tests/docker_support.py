@@ -13,7 +13,9 @@ Used through the fixtures registered in tests/conftest.py:
   system of a few directories, with tensorflow/serving's ENV and an entrypoint. Nothing is ever
   pulled from Docker Hub: pulling is tested against `local_registry`.
 - `docker_cleanup` (function): remembers image references a test creates and removes them at the
-  end, then asserts that no build container (name prefix `tfs-sidecar-build-`) is left.
+  end, then asserts that no build container (named `tfs-sidecar-build-PID-...`) of the test
+  process, or of a build_image.py process it registered with `.process(pid)`, is left. Builds
+  of other processes sharing the daemon are not the test's business.
 """
 
 from __future__ import annotations
@@ -217,9 +219,10 @@ def import_tiny_base_image(client: docker.DockerClient, reference: str = TINY_BA
     return reference
 
 
-def build_containers(client: docker.DockerClient) -> list[str]:
-    """Names of containers, running or not, that build_image.py would have created."""
-    found = client.containers.list(all=True, filters={"name": f"^/?{CONTAINER_PREFIX}"})
+def build_containers(client: docker.DockerClient, pid: int | None = None) -> list[str]:
+    """Names of build_image.py's containers, running or not: of process `pid`, or of any."""
+    prefix = f"{CONTAINER_PREFIX}{pid}-" if pid else CONTAINER_PREFIX
+    found = client.containers.list(all=True, filters={"name": f"^/?{prefix}"})
     return [c.name for c in found]
 
 
@@ -229,21 +232,29 @@ def remove_image(client: docker.DockerClient, reference: str) -> None:
 
 
 class DockerCleanup:
-    """Images a test made, removed at teardown; then no build container may be left."""
+    """Images a test made, removed at teardown; then none of its build containers may be left."""
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
         self.images: list[str] = []
+        self.pids = [os.getpid()]  # builds run in-process (CliRunner), plus registered ones
 
     def image(self, reference: str) -> str:
         self.images.append(reference)
         return reference
 
+    def process(self, pid: int) -> int:
+        """Also check the build containers of a build_image.py subprocess."""
+        self.pids.append(pid)
+        return pid
+
+    def left(self) -> list[str]:
+        return [name for pid in self.pids for name in build_containers(self.client, pid)]
+
     def finish(self) -> None:
         for reference in reversed(self.images):
             remove_image(self.client, reference)
-        left = build_containers(self.client)
-        assert not left, f"build containers left behind: {left}"
+        assert not self.left(), f"build containers left behind: {self.left()}"
 
 
 # Fixtures (registered in tests/conftest.py) ---------------------------------------------------

@@ -73,15 +73,17 @@ def test_build_push_and_pull_back_by_digest(
 ) -> None:
     """The acceptance test: the printed digest is the registry's, and the image holds the model."""
     args = model_args(tiny_base_image, "--registry", f"{local_registry.host}/acceptance")
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "build_image.py", *args, "--push", "--json"],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    docker_cleanup.process(proc.pid)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    result = json.loads(stdout)
     docker_cleanup.image(result["image"])
     assert result["image"] == f"{local_registry.host}/acceptance/ssd_serving:v0.1.0"
     assert result["reference"] == (
@@ -226,7 +228,7 @@ def test_failures_are_clear_and_leave_no_container(
     result = build(*model_args(tiny_base_image), *extra, env=env)
     assert_clean_failure(result, message)
     assert "wrong-password" not in result.output
-    assert not build_containers(docker_client)  # docker_cleanup checks again after removals
+    assert not docker_cleanup.left()  # and again at teardown, after the images are removed
 
 
 def test_manifest_gets_the_digest_and_nothing_else(
@@ -280,12 +282,13 @@ def test_interrupt_during_copy_removes_the_container(
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    docker_cleanup.process(proc.pid)
     try:
         deadline = time.monotonic() + 60
-        while not build_containers(docker_client) and time.monotonic() < deadline:
+        while not build_containers(docker_client, proc.pid) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        assert build_containers(docker_client), "the build container never appeared"
+        assert build_containers(docker_client, proc.pid), "the build container never appeared"
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -294,13 +297,13 @@ def test_interrupt_during_copy_removes_the_container(
     assert proc.returncode == 130, stderr
     assert "interrupted; the build container was removed" in stderr
     assert "Traceback" not in stderr
-    assert not build_containers(docker_client)
+    assert not build_containers(docker_client, proc.pid)
 
 
 def test_build_container_is_removed_when_the_block_fails(
     docker_client: docker.DockerClient, tiny_base_image: str, docker_cleanup: DockerCleanup
 ) -> None:
     with pytest.raises(RuntimeError, match="boom"), BuildContainer(docker_client, tiny_base_image):
-        assert len(build_containers(docker_client)) == 1
+        assert len(docker_cleanup.left()) == 1
         raise RuntimeError("boom")
-    assert not build_containers(docker_client)
+    assert not docker_cleanup.left()
