@@ -161,7 +161,7 @@ def cli() -> None:
     type=click.BOOL,
     default=False,
     show_default=True,
-    help="true/false: also write the annotated picture (next to the JSON, same name, .jpg).",
+    help="true/false: also write the annotated picture (next to the JSON: NAME_annotated.jpg).",
 )
 @click.option(
     "--output_image",
@@ -227,7 +227,7 @@ def predict(
             output_image = (
                 annotated_image_path(output_json)
                 if output_json
-                else Path(f"{image_path.stem}_detections.jpg")
+                else Path(f"{image_path.stem}_annotated.jpg")
             )
         write_annotated_image(result, output_image)
 

@@ -135,8 +135,9 @@ def detect(
 
 
 def annotated_image_path(output_json: Path) -> Path:
-    """Where the picture goes: beside the JSON, same name, .jpg (out/img1.json -> out/img1.jpg)."""
-    return output_json.with_suffix(".jpg")
+    """Beside the JSON: out/photo.json -> out/photo_annotated.jpg (never the input photo's name,
+    even when the JSON is named after it in the same folder)."""
+    return output_json.with_name(f"{output_json.stem}_annotated.jpg")
 
 
 def write_json(result: DetectionResult, path: Path) -> None:
