@@ -56,17 +56,8 @@ REQUIREMENTS = ("requirements-server.txt", "requirements.txt")
 DEFAULT_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 PATH = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Everything below shapes the runtime layer and goes into its key. Bump "recipe" when the build
-# steps change in a way these values do not show.
-RUNTIME_RECIPE = {
-    "recipe": 1,
-    "suite": SUITE,
-    "variant": "minbase",
-    "packages": DEBIAN_PACKAGES,
-    "venv": VENV,
-    "user": [SERVING_USER, SERVING_UID],
-}
-# Docs, caches and host leftovers a server never reads: about 150 MB.
+# Docs, caches and host leftovers a server never reads (about 150 MB), and TensorFlow's C++
+# headers (290 MB), only used to compile custom ops.
 SLIM_PATHS = (
     "usr/share/doc",
     "usr/share/man",
@@ -76,8 +67,21 @@ SLIM_PATHS = (
     "var/lib/apt/lists",
     "var/log",
     "tmp",
+    f"{VENV.lstrip('/')}/lib/python{{python}}/site-packages/tensorflow/include",
 )
 RUNTIME_CHANGES = [f"ENV PATH={PATH}", "ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]']
+# Everything here shapes the runtime layer and goes into its key. Bump "recipe" when the build
+# steps change in a way these values do not show.
+RUNTIME_RECIPE = {
+    "recipe": 2,
+    "suite": SUITE,
+    "variant": "minbase",
+    "packages": DEBIAN_PACKAGES,
+    "venv": VENV,
+    "user": [SERVING_USER, SERVING_UID],
+    "slim": SLIM_PATHS,
+    "changes": RUNTIME_CHANGES,
+}
 # The tensorflow/serving image's config, plus the user the image runs as by default.
 BASE_CHANGES = [
     "ENV MODEL_BASE_PATH=/models",
@@ -238,12 +242,19 @@ class _Clock:
     """Elapsed time since the build started, in front of every progress line."""
 
     def __init__(self, log: Log) -> None:
-        self.start = time.monotonic()
+        self.start = self.last = time.monotonic()
         self.log = log
 
     def __call__(self, message: str) -> None:
-        minutes, seconds = divmod(int(time.monotonic() - self.start), 60)
+        self.last = time.monotonic()
+        minutes, seconds = divmod(int(self.last - self.start), 60)
         self.log(f"[{minutes:2d}:{seconds:02d}] {message}")
+
+    def quiet_for(self) -> float:
+        return time.monotonic() - self.last
+
+
+HEARTBEAT = 10  # seconds
 
 
 def _phase(line: str) -> str:
@@ -253,10 +264,12 @@ def _phase(line: str) -> str:
 
 
 def _run(cmd: list[str], step: str, clock: _Clock, env: dict | None = None, hide: str = "") -> None:
-    """Run a chatty command, printing the first line of each phase of its output (not hundreds).
+    """Run a chatty command and print a few of its lines, not hundreds.
 
-    On failure, the last lines of its output are in the error, so the cause is in the CI log.
-    `hide` (the mirror's address) is masked in what is printed.
+    Printed: the first line of each phase, errors, and the current line after HEARTBEAT seconds
+    of silence (so a slow download still shows progress). On failure, the last lines of its
+    output are in the error, so the cause is in the CI log. `hide` (the mirror's address) is
+    masked in what is printed.
     """
     tail: deque[str] = deque(maxlen=30)
     seen: set[str] = set()
@@ -268,7 +281,8 @@ def _run(cmd: list[str], step: str, clock: _Clock, env: dict | None = None, hide
             line = raw.rstrip().replace(hide, "<apt mirror>") if hide else raw.rstrip()
             tail.append(line)
             phase = _phase(line)
-            if (phase and phase not in seen) or line.startswith(("E:", "ERROR")):
+            new_phase = phase and phase not in seen
+            if new_phase or line.startswith(("E:", "ERROR")) or clock.quiet_for() > HEARTBEAT:
                 clock(f"{step}: {line[:110]}")
                 seen.add(phase)
     if proc.returncode != 0:
@@ -354,7 +368,8 @@ def build_runtime(
         clock(f"pip download (host's index and cache) for Python {python}")
         _run(
             [
-                *(sys.executable, "-m", "pip", "download", "--dest", str(wheels)),
+                *(sys.executable, "-m", "pip", "download", "--progress-bar=off"),
+                *("--dest", str(wheels)),
                 *("--only-binary=:all:", "--python-version", python),
                 *("--requirement", str(root / REQUIREMENTS[0])),
             ],
@@ -370,7 +385,8 @@ def build_runtime(
         _run(
             _chroot(
                 rootfs,
-                *(f"{VENV}/bin/pip", "install", "--no-index", "--no-cache-dir"),
+                *(f"{VENV}/bin/pip", "install", "--progress-bar=off"),
+                *("--no-index", "--no-cache-dir"),
                 *("--disable-pip-version-check", "--find-links", "/tmp/build/wheels"),
                 *("--requirement", f"/tmp/build/{REQUIREMENTS[0]}"),
             ),
@@ -386,7 +402,7 @@ def build_runtime(
         )
         (rootfs / "models").mkdir(mode=0o755)
         for name in SLIM_PATHS:
-            for child in (rootfs / name).glob("*"):
+            for child in (rootfs / name.format(python=python)).glob("*"):
                 if child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child)
                 else:
