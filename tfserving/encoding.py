@@ -33,22 +33,25 @@ def pixels_json(pixels: np.ndarray) -> bytes:
             f"expected a non-empty (H, W, C) uint8 array, got {pixels.dtype} {pixels.shape}"
         )
     height, width, channels = pixels.shape
-    index = pixels.astype(np.intp)
+    index = pixels.astype(np.uint16)
     index[..., -1] += 256  # a pixel's last value closes its bracket
-    tokens = _TOKENS[index].view(np.uint8).reshape(height, width, 4 * channels)
+    tokens = np.take(_TOKENS, index).view(np.uint8).reshape(height, width, 4 * channels)
 
-    # Row: "[" + pixels + "]," where a pixel is "[" + tokens + ",".
+    # "[" + rows + "]"; a row is "[" + pixels + "],"; a pixel is "[" + tokens + ",".
     pixel_width = 4 * channels + 2
-    text = np.empty((height, width * pixel_width + 3), np.uint8)
-    pixel_text = text[:, 1:-2].reshape(height, width, pixel_width)  # a view into `text`
+    row_width = width * pixel_width + 3
+    text = np.empty(height * row_width + 2, np.uint8)
+    text[0], text[-1] = ord("["), ord("]")
+    rows = text[1:-1].reshape(height, row_width)  # views into `text`, filled in place
+    pixel_text = rows[:, 1:-2].reshape(height, width, pixel_width)
     pixel_text[:, :, 0] = ord("[")
     pixel_text[:, :, 1:-1] = tokens
     pixel_text[:, :, -1] = ord(",")
-    text[:, 0] = ord("[")
-    text[:, -2:] = np.frombuffer(b"],", np.uint8)
-    text[:, -3] = ord(" ")  # no comma after a row's last pixel...
-    text[-1, -1] = ord(" ")  # ...nor after the last row
-    return (b"[" + text.tobytes() + b"]").replace(b" ", b"")
+    rows[:, 0] = ord("[")
+    rows[:, -2:] = np.frombuffer(b"],", np.uint8)
+    rows[:, -3] = ord(" ")  # no comma after a row's last pixel...
+    rows[-1, -1] = ord(" ")  # ...nor after the last row
+    return text.tobytes().replace(b" ", b"")
 
 
 def _body(instance: bytes, signature_name: str) -> bytes:
