@@ -243,3 +243,18 @@ def test_one_client_serves_concurrent_detect_calls(encoded_server):
         results = list(pool.map(lambda _: detect(client, IMAGE1, labels), range(4)))
     for result in results:
         assert_two_dogs(result.to_json(), 0.699)
+
+
+def test_client_needs_no_tensorflow():
+    code = (
+        "import sys, client, object_detection.cli, benchmarks.bench_client_encoding; "
+        "sys.exit('tensorflow' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode == 0
+
+
+def test_help_shows_examples():
+    for args in ([], ["--help"], ["predict", "--help"], ["status", "--help"]):
+        result = run(*args)
+        assert result.exit_code in (0, 2)  # no arguments: click shows the help, exit code 2
+        assert "Examples:" in result.output and "--server_url" in result.output
