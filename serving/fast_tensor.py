@@ -1,7 +1,250 @@
-"""Placeholder: the numpy fast path for big numeric bodies comes next."""
+"""A fast, exact parse of the common big predict body: one dense numeric array for one input.
+
+A 1352x900 photo sent as uint8 pixels is 3.6 million JSON integers (~20 MB). json.loads plus
+np.array on it costs about 40 model calls; this module turns the same bytes into the same tensor
+with a few whole-buffer passes (bytes.translate, numpy), about 10x faster.
+
+It is a pure optimisation of serving/json_tensor.py: it either returns exactly the tensor the
+general path would build, or None, and then the general path runs (and words any error as TF
+Serving does). It accepts only bodies shaped like
+
+    {"instances": [[...numbers...]]}      or      {"signature_name": "s", "inputs": [...]}
+
+where the array holds plain JSON numbers, nested densely (every list at a level has the same
+length, no empty list). How it proves that without a JSON parser:
+
+1. The array is the span from the first "[" to the last "]" of the body; the rest, with the
+   array replaced by null, is parsed with json and must put the array at "instances"/"inputs".
+2. With numbers and whitespace deleted, the array must be exactly the bracket-and-comma skeleton
+   of a dense array of the shape read off its first elements (one bytes comparison).
+3. Every pair of adjacent characters (whitespace removed) must be one JSON allows inside a
+   numeric array: no "[,", ",]", ",,", "]5", "5[", "1-", "-.", ".e"... and no leading zeros.
+   With 2., this puts exactly one number between two separators at the leaf level.
+4. numpy.fromstring reads the numbers between the commas (brackets blanked); it fails on anything
+   between two commas that isn't "whitespace, number, whitespace", so reading exactly prod(shape)
+   numbers proves no number was split by whitespace.
+5. Values the general path would reject or might read differently (out of range for the dtype,
+   floats for an integer input, integers a float can't hold exactly, inf) fall back.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
 
-def parse_predict_request(body, lookup_inputs):
-    return None
+import numpy as np
+
+from serving.errors import ServingError
+from serving.json_tensor import NUMPY_DTYPES, RequestFormat
+
+_WHITESPACE = b" \t\n\r"
+
+# Character classes (one byte each, so a pair fits in a byte: first << 4 | second).
+_OTHER, _OPEN, _CLOSE, _COMMA, _DIGIT, _ZERO, _MINUS, _PLUS, _DOT, _EXP = range(10)
+_CLASSES = bytearray(256)  # everything else: _OTHER
+for _char, _cls in {b"[": _OPEN, b"]": _CLOSE, b",": _COMMA, b"0": _ZERO, b"-": _MINUS}.items():
+    _CLASSES[_char[0]] = _cls
+for _char in b"123456789":
+    _CLASSES[_char] = _DIGIT
+_CLASSES[ord("+")], _CLASSES[ord(".")] = _PLUS, _DOT
+_CLASSES[ord("e")] = _CLASSES[ord("E")] = _EXP
+_CLASSES = bytes(_CLASSES)
+_NUMBER_CLASSES = bytes([_DIGIT, _ZERO, _MINUS, _PLUS, _DOT, _EXP])
+
+# What may follow each class inside a dense numeric JSON array (whitespace removed).
+_DIGITS = (_DIGIT, _ZERO)
+_FOLLOWERS = {
+    _OPEN: (_OPEN, *_DIGITS, _MINUS),
+    _CLOSE: (_CLOSE, _COMMA),
+    _COMMA: (_OPEN, *_DIGITS, _MINUS),
+    _DIGIT: (*_DIGITS, _COMMA, _CLOSE, _DOT, _EXP),
+    _ZERO: (*_DIGITS, _COMMA, _CLOSE, _DOT, _EXP),  # "0" then a digit: checked for leading zero
+    _MINUS: _DIGITS,
+    _PLUS: _DIGITS,
+    _DOT: _DIGITS,
+    _EXP: (*_DIGITS, _MINUS, _PLUS),
+}
+# Each pair of classes (first << 4 | second) maps to a flag byte, so one bytes.translate flags all
+# pairs and C-speed substring searches find the bad ones.
+_OK, _SEP_ZERO, _MINUS_ZERO, _ZERO_DIGIT, _SEP_MINUS, _BAD = (
+    b"\x00",
+    b"\x01",
+    b"\x02",
+    b"\x04",
+    b"\x08",
+    b"\x10",
+)
+_PAIR_FLAGS = bytearray(_BAD * 256)
+for _first, _seconds in _FOLLOWERS.items():
+    for _second in _seconds:
+        _PAIR_FLAGS[_first << 4 | _second] = _OK[0]
+for _sep in (_OPEN, _COMMA):
+    _PAIR_FLAGS[_sep << 4 | _ZERO] = _SEP_ZERO[0]
+    _PAIR_FLAGS[_sep << 4 | _MINUS] = _SEP_MINUS[0]
+_PAIR_FLAGS[_MINUS << 4 | _ZERO] = _MINUS_ZERO[0]
+for _digit in _DIGITS:
+    _PAIR_FLAGS[_ZERO << 4 | _digit] = _ZERO_DIGIT[0]
+_PAIR_FLAGS = bytes(_PAIR_FLAGS)
+# A number starting "0" or "-0" followed by a digit has a leading zero, which JSON forbids
+# (after an exponent mark, "1e-05", it is fine: that "-" follows "e", not a separator).
+_LEADING_ZERO = _SEP_ZERO + _ZERO_DIGIT
+_NEGATIVE_LEADING_ZERO = _SEP_MINUS + _MINUS_ZERO + _ZERO_DIGIT
+
+_BLANK_BRACKETS = bytes.maketrans(b"[]", b"  ")
+_HEAD = re.compile(rb'"(instances|inputs)"\s*:\s*\Z')
+_KNOWN_KEYS = {"signature_name", "instances", "inputs"}
+_INT_DTYPES = {"DT_INT8", "DT_INT16", "DT_INT32", "DT_UINT8", "DT_INT64", "DT_UINT32", "DT_UINT64"}
+# Integer range each dtype accepts from JSON (rapidjson's IsInt / IsInt64 / IsUint).
+_INT_RANGES = {
+    "DT_INT64": (-(2**63) + 1, 2**63 - 2),  # the extremes may be strtoll's clamped overflow
+    "DT_UINT32": (0, 2**32 - 1),
+    "DT_UINT64": (0, 2**63 - 2),  # larger ones don't fit int64 parsing: general path
+}
+_INT32_RANGE = (-(2**31), 2**31 - 1)
+# Largest magnitude a float dtype is sure to take from any JSON number exactly like the general
+# path (an integer literal past it is rejected there as lossy).
+_FLOAT_MAX_EXACT = {"DT_FLOAT": 2**24 - 1, "DT_DOUBLE": 2**53 - 1}
+
+ParsedRequest = tuple[str, RequestFormat, dict[str, np.ndarray]]
+
+
+def parse_predict_request(
+    body: bytes, lookup_inputs: Callable[[str], Mapping[str, str]]
+) -> ParsedRequest | None:
+    """(signature name, format, {input: tensor}) for a body this module handles, else None."""
+    start, end = body.find(b"["), body.rfind(b"]") + 1
+    if start < 0 or end <= start:
+        return None
+    head, array, tail = body[:start], body[start:end], body[end:]
+    envelope = _envelope(head, tail)
+    if envelope is None:
+        return None
+    signature_name, key = envelope
+    try:
+        inputs = lookup_inputs(signature_name)
+    except ServingError:
+        return None  # the general path raises it, after checking the body as TF Serving does
+    if len(inputs) != 1:
+        return None
+    ((name, dtype),) = inputs.items()
+    if dtype not in _INT_DTYPES and dtype not in _FLOAT_MAX_EXACT:
+        return None
+    tensor = parse_numeric_array(array, dtype)
+    if tensor is None:
+        return None
+    return signature_name, RequestFormat(key), {name: tensor}
+
+
+def _envelope(head: bytes, tail: bytes) -> tuple[str, str] | None:
+    """(signature_name, "instances"|"inputs") when the body around the array is the plain form."""
+    match = _HEAD.search(head)
+    if not match:
+        return None
+    keys: list[str] = []
+
+    def collect(pairs: list) -> dict:
+        keys.extend(k for k, _ in pairs)
+        return dict(pairs)
+
+    try:
+        doc = json.loads(head + b"null" + tail, object_pairs_hook=collect)
+    except (ValueError, RecursionError):
+        return None
+    key = match.group(1).decode()
+    if (
+        not isinstance(doc, dict)
+        or len(keys) != len(set(keys))  # duplicate keys: json and rapidjson keep different ones
+        or not set(doc) <= _KNOWN_KEYS
+        or ("instances" in doc) + ("inputs" in doc) != 1
+        or doc.get(key, "") is not None
+        or not isinstance(doc.get("signature_name", ""), str)
+    ):
+        return None
+    return doc.get("signature_name", ""), key
+
+
+def parse_numeric_array(array: bytes, dtype: str) -> np.ndarray | None:
+    """The tensor of `dtype` a JSON array text denotes, or None when the general path must decide.
+
+    `array` starts with "[" and ends with "]".
+    """
+    if b'"' in array:
+        return None  # strings ({"b64": ...}): not a numeric array
+    classes = array.translate(_CLASSES, _WHITESPACE)
+    shape = _dense_shape(classes.translate(None, _NUMBER_CLASSES))
+    negatives = b"-" in array
+    if shape is None or not _pairs_ok(classes, negatives):
+        return None
+    if negatives and not _minus_signs_ok(array):
+        return None
+    floats = b"." in array or b"e" in array or b"E" in array
+    if floats and dtype in _INT_DTYPES:
+        return None  # a type error: the general path says so
+    parse_as = np.float64 if floats else np.int64
+    try:
+        values = np.fromstring(array.translate(_BLANK_BRACKETS), dtype=parse_as, sep=",")
+    except ValueError:
+        return None  # something between two commas is not exactly one number
+    if values.size != math.prod(shape):
+        return None
+    if values.size and not _in_range(values, dtype):
+        return None
+    return values.reshape(shape).astype(NUMPY_DTYPES[dtype])
+
+
+def _dense_shape(skeleton: bytes) -> list[int] | None:
+    """The shape whose dense-array skeleton ("[[,],[,]]" in class bytes) this is, or None."""
+    rank = len(skeleton) - len(skeleton.lstrip(bytes([_OPEN])))
+    if rank == 0:
+        return None
+    close = skeleton.find(bytes([_CLOSE]), rank)
+    if close < 0:
+        return None
+    shape = [close - rank + 1]  # innermost: leaves are blank, so "[" + commas + "]"
+    length = close - rank + 2  # of one innermost list in the skeleton
+    for level in range(rank - 2, -1, -1):
+        # Step over this level's first list child by child (each as long as the first).
+        count, pos = 1, level + 1 + length
+        while pos < len(skeleton) and skeleton[pos] == _COMMA:
+            count, pos = count + 1, pos + 1 + length
+        shape.insert(0, count)
+        length = pos - level + 1
+    if _skeleton(shape) != skeleton:
+        return None
+    return shape
+
+
+def _skeleton(shape: list[int]) -> bytes:
+    open_, close, comma = bytes([_OPEN]), bytes([_CLOSE]), bytes([_COMMA])
+    text = open_ + comma * (shape[-1] - 1) + close
+    for size in reversed(shape[:-1]):
+        text = open_ + comma.join([text] * size) + close
+    return text
+
+
+def _pairs_ok(classes: bytes, negatives: bool) -> bool:
+    """Every adjacent pair is allowed and no number has a leading zero ("01", "-007")."""
+    codes = np.frombuffer(classes, dtype=np.uint8)
+    flags = ((codes[:-1] << 4) | codes[1:]).tobytes().translate(_PAIR_FLAGS)
+    if _BAD in flags or _LEADING_ZERO in flags:
+        return False
+    return not (negatives and _NEGATIVE_LEADING_ZERO in flags)
+
+
+def _minus_signs_ok(array: bytes) -> bool:
+    """A minus sign is followed by a digit (strtol would also take "- 5")."""
+    text = np.frombuffer(array, dtype=np.uint8)
+    following = text[np.flatnonzero(text == ord("-")) + 1]
+    return bool(((following >= ord("0")) & (following <= ord("9"))).all())
+
+
+def _in_range(values: np.ndarray, dtype: str) -> bool:
+    """The general path would accept every value, and read it as the same number."""
+    low, high = values.min(), values.max()
+    if dtype in _FLOAT_MAX_EXACT:
+        limit = _FLOAT_MAX_EXACT[dtype]
+        return bool(-limit <= low and high <= limit)  # False for nan too
+    low_ok, high_ok = _INT_RANGES.get(dtype, _INT32_RANGE)
+    return bool(low_ok <= low and high <= high_ok)

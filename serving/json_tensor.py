@@ -160,7 +160,7 @@ def _decode_b64(value: Any) -> bytes:
     text = value["b64"]
     try:
         # absl::Base64Unescape accepts standard base64 with or without the "=" padding.
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        return binascii.a2b_base64(text + "=" * (-len(text) % 4), strict_mode=True)
     except (binascii.Error, ValueError):
         raise invalid_argument("Unable to base64 decode") from None
 

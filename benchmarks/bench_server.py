@@ -1,0 +1,99 @@
+"""How much a request through the local server costs over the bare model call.
+
+    .venv/bin/python -m benchmarks.bench_server [--repeats 15]
+
+On ../shared/images/image2.jpg (1352x900), for the encoded model ({"b64"} JPEG) and for the pixel
+model (3.6 million uint8 JSON integers), it times the pure model call (the floor on this machine:
+the SavedModel signature called in this process) and a full HTTP predict through
+`python -m serving.local_server`, alternating the two so machine load hits both alike, and prints
+the medians and their ratio. Targets: encoded <= 1.3x, pixels <= 6x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import requests
+from PIL import Image
+
+from serving.model import ServedModel
+from tests.conftest import ENCODED_MODEL, IMAGE2, PIXEL_MODEL
+from tests.servers import LocalServer
+
+TARGETS = {"encoded": 1.3, "pixels": 6.0}
+
+
+def _ms(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure(label: str, base_path, tensor: np.ndarray, body: bytes, repeats: int) -> dict:
+    """Median model-call and request times (ms), measured alternately."""
+    model = ServedModel.load("bench", base_path)
+    with LocalServer(base_path, model_name="bench") as server, requests.Session() as session:
+
+        def model_call() -> None:
+            model.run("", {"inputs": tensor})
+
+        def request() -> None:
+            response = session.post(
+                server.predict_url, data=body, headers={"Content-Type": "application/json"}
+            )
+            response.raise_for_status()
+
+        for _ in range(2):  # first calls trace and allocate
+            model_call()
+            request()
+        model_ms, request_ms = [], []
+        for _ in range(repeats):
+            model_ms.append(_ms(model_call))
+            request_ms.append(_ms(request))
+    model_median, request_median = statistics.median(model_ms), statistics.median(request_ms)
+    return {
+        "label": label,
+        "body_mb": len(body) / 1e6,
+        "model_ms": model_median,
+        "request_ms": request_median,
+        "ratio": request_median / model_median,
+        "target": TARGETS[label],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls of each kind")
+    args = parser.parse_args()
+
+    jpeg = IMAGE2.read_bytes()
+    pixels = np.asarray(Image.open(IMAGE2).convert("RGB"))
+    encoded_body = json.dumps({"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).encode()
+    # The body a Python client sends: json.dumps of the nested list (", " separators).
+    pixel_body = json.dumps({"instances": [pixels.tolist()]}).encode()
+
+    results = [
+        measure(
+            "encoded", ENCODED_MODEL, np.array([jpeg], dtype=object), encoded_body, args.repeats
+        ),
+        measure("pixels", PIXEL_MODEL, pixels[np.newaxis], pixel_body, args.repeats),
+    ]
+    print(f"image: {IMAGE2.name} {pixels.shape[1]}x{pixels.shape[0]}, median of {args.repeats}")
+    print(
+        f"{'path':<8} {'body MB':>8} {'model ms':>9} {'request ms':>11} {'ratio':>6} {'target':>7}"
+    )
+    for r in results:
+        print(
+            f"{r['label']:<8} {r['body_mb']:>8.2f} {r['model_ms']:>9.1f} {r['request_ms']:>11.1f} "
+            f"{r['ratio']:>5.2f}x {r['target']:>6.1f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

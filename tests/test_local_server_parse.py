@@ -1,0 +1,200 @@
+"""The numpy fast path (serving/fast_tensor.py) against the general JSON path (json_tensor.py).
+
+For every body, the fast path must either build exactly the general path's tensor or decline
+(None) so the general path decides; it must never accept a body the general path rejects. The
+common forms (any whitespace, negative ints, floats for float inputs, any nesting) must take the
+fast path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from serving import fast_tensor, json_tensor
+from serving.errors import ServingError
+
+
+def general(body: bytes, inputs: dict[str, str]):
+    """(format, tensors) from the general path, or the ServingError it raises."""
+    try:
+        doc = json_tensor.parse_json_document(body)
+        json_tensor.signature_name_of(doc)
+        return json_tensor.request_tensors(doc, inputs)
+    except ServingError as e:
+        return e
+
+
+def fast(body: bytes, inputs: dict[str, str]):
+    parsed = fast_tensor.parse_predict_request(body, lambda _signature: inputs)
+    return None if parsed is None else parsed[1:]
+
+
+def assert_same(body: bytes, dtype: str, must_be_fast: bool) -> None:
+    inputs = {"x": dtype}
+    expected, got = general(body, inputs), fast(body, inputs)
+    if isinstance(expected, ServingError):
+        assert got is None, f"fast path accepted what the general path rejects: {expected}"
+        return
+    if got is None:
+        assert not must_be_fast, f"common form fell back to the slow path: {body[:200]!r}"
+        return
+    (fmt, tensors), (fast_fmt, fast_tensors) = expected, got
+    assert fast_fmt == fmt
+    assert fast_tensors["x"].dtype == tensors["x"].dtype
+    assert fast_tensors["x"].shape == tensors["x"].shape
+    np.testing.assert_array_equal(fast_tensors["x"], tensors["x"])
+
+
+def spaced(text: str, rng: random.Random) -> str:
+    """Insert random JSON whitespace around every structural character."""
+    out = []
+    for char in text:
+        if char in "[],":
+            out.append(rng.choice(["", " ", "\n  ", "\t", "\r\n"]))
+            out.append(char)
+            out.append(rng.choice(["", " ", "\n    ", "\t"]))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def formats(array: list, rng: random.Random) -> list[str]:
+    return [
+        json.dumps(array),
+        json.dumps(array, separators=(",", ":")),
+        json.dumps(array, indent=2),
+        spaced(json.dumps(array, separators=(",", ":")), rng),
+    ]
+
+
+def envelopes(array_text: str) -> list[str]:
+    return [
+        '{"instances": ' + array_text + "}",
+        '{"inputs":' + array_text + "}",
+        '{"signature_name": "serving_default", "instances": ' + array_text + "}",
+        ' \n{ "inputs" : ' + array_text + ' , "signature_name":"serving_default" }\n',
+    ]
+
+
+INT_CASES = {
+    "DT_UINT8": lambda rng, n: [rng.randint(0, 255) for _ in range(n)],
+    "DT_INT32": lambda rng, n: [rng.randint(-(2**31), 2**31 - 1) for _ in range(n)],
+    "DT_INT8": lambda rng, n: [rng.randint(-300, 300) for _ in range(n)],  # wraps, as in TF
+    "DT_INT64": lambda rng, n: [rng.randint(-(2**62), 2**62) for _ in range(n)],
+    "DT_UINT32": lambda rng, n: [rng.randint(0, 2**32 - 1) for _ in range(n)],
+    "DT_FLOAT": lambda rng, n: [rng.randint(-(2**24) + 1, 2**24 - 1) for _ in range(n)],
+}
+
+
+def nested(values: list, shape: list[int]) -> list:
+    return np.array(values, dtype=object).reshape(shape).tolist()
+
+
+@pytest.mark.parametrize("dtype", sorted(INT_CASES))
+def test_integers_any_format_and_nesting_take_the_fast_path(dtype: str) -> None:
+    rng = random.Random(dtype)
+    for shape in ([5], [1, 4], [2, 3, 3], [1, 2, 2, 3], [3, 1, 1, 2]):
+        values = INT_CASES[dtype](rng, int(np.prod(shape)))
+        values[0] = 0  # a lone zero is a number, not a leading zero
+        for text in formats(nested(values, shape), rng):
+            for body in envelopes(text):
+                assert_same(body.encode(), dtype, must_be_fast=True)
+
+
+@pytest.mark.parametrize("dtype", ["DT_FLOAT", "DT_DOUBLE"])
+def test_floats_take_the_fast_path_and_read_the_same_numbers(dtype: str) -> None:
+    rng = random.Random(dtype)
+    literals = ["0.5", "-0.25", "1e3", "1E-2", "-0.0", "0", "12.5e+2", "3.14159265358979", "1e-05"]
+    for shape in ([9], [3, 3], [1, 3, 1, 3]):
+        items = [rng.choice(literals) for _ in range(int(np.prod(shape)))]
+        text = json.dumps(nested(items, shape)).replace('"', "")
+        for body in envelopes(text):
+            assert_same(body.encode(), dtype, must_be_fast=True)
+        values = [rng.uniform(-1e6, 1e6) for _ in range(int(np.prod(shape)))]
+        for text in formats(nested(values, shape), rng):
+            assert_same(('{"instances": ' + text + "}").encode(), dtype, must_be_fast=True)
+
+
+@pytest.mark.parametrize(
+    ("array", "dtype"),
+    [
+        ("[[1, 2], [3]]", "DT_UINT8"),  # ragged
+        ("[[1, 2], 3]", "DT_UINT8"),
+        ("[[1, 2], [3, [4]]]", "DT_UINT8"),
+        ("[[], []]", "DT_UINT8"),  # empty
+        ("[1, , 2]", "DT_UINT8"),
+        ("[1, 2, ]", "DT_UINT8"),
+        ("[, 1]", "DT_UINT8"),
+        ("[01, 2]", "DT_UINT8"),  # leading zero
+        ("[-01, 2]", "DT_INT32"),
+        ("[1 2, 3]", "DT_UINT8"),  # two numbers in one slot
+        ("[- 1, 2]", "DT_INT32"),
+        ("[-, 2]", "DT_INT32"),
+        ("[1-2, 3]", "DT_INT32"),
+        ("[--1, 3]", "DT_INT32"),
+        ("[+1, 2]", "DT_INT32"),
+        ("[1.5, 2]", "DT_UINT8"),  # float for an int input
+        ("[1e2, 2]", "DT_INT32"),
+        ("[2147483648, 1]", "DT_INT32"),  # beyond int32: rapidjson's IsInt fails
+        ("[-1, 2]", "DT_UINT32"),
+        ("[16777217, 1]", "DT_FLOAT"),  # an integer float32 can't hold exactly
+        ("[.5, 1]", "DT_FLOAT"),
+        ("[1., 1]", "DT_FLOAT"),
+        ("[1.e5, 1]", "DT_FLOAT"),
+        ("[1e, 1]", "DT_FLOAT"),
+        ("[1.5.5, 1]", "DT_FLOAT"),
+        ("[1e5e5, 1]", "DT_FLOAT"),
+        ("[-.5, 1]", "DT_FLOAT"),
+        ("[NaN, 1]", "DT_FLOAT"),
+        ("[1e999, 1]", "DT_FLOAT"),
+        ("[[1, 2]3, [4, 5]]", "DT_UINT8"),  # a number outside the leaves
+        ("[[1, ]2, [4, 5]]", "DT_UINT8"),
+        ("[[1, 2], [3, 4]]]", "DT_UINT8"),
+        ("[[1, 2], [3, 4]", "DT_UINT8"),
+        ("[true, false]", "DT_UINT8"),
+        ("[1, 2]", "DT_BOOL"),  # not a numeric input: not the fast path's business
+    ],
+)
+def test_what_the_general_path_rejects_or_reads_otherwise_is_left_to_it(
+    array: str, dtype: str
+) -> None:
+    for body in envelopes(array):
+        assert_same(body.encode(), dtype, must_be_fast=False)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"instances": [1, 2], "inputs": [1, 2]}',
+        '{"instances": [1, 2], "instances": [3, 4]}',
+        '{"instances": [1, 2], "other": 1}',
+        '{"signature_name": 7, "instances": [1, 2]}',
+        '{"outer": {"instances": [1, 2]}}',
+        '{"instances": [1, 2]} trailing',
+        '[{"instances": [1, 2]}]',
+        '{"instances": [{"b64": "AAAA"}]}',
+    ],
+)
+def test_only_the_plain_envelope_is_taken(body: str) -> None:
+    assert_same(body.encode(), "DT_UINT8", must_be_fast=False)
+    assert fast(body.encode(), {"x": "DT_UINT8"}) is None
+
+
+def test_random_one_character_corruptions_never_diverge() -> None:
+    """Mutate valid bodies one character at a time: the fast path never accepts a broken one."""
+    rng = random.Random(7)
+    alphabet = "0123456789-+.eE[], \n"
+    for _ in range(400):
+        dtype = rng.choice(["DT_UINT8", "DT_INT32", "DT_FLOAT"])
+        shape = rng.choice([[4], [2, 3], [2, 2, 2]])
+        values = [rng.randint(-20, 300) for _ in range(int(np.prod(shape)))]
+        text = rng.choice(formats(nested(values, shape), rng))
+        position = rng.randrange(len(text))
+        corrupt = text[:position] + rng.choice(alphabet) + text[position + 1 :]
+        if rng.random() < 0.3:
+            corrupt = text[:position] + text[position + 1 :]
+        assert_same(('{"instances": ' + corrupt + "}").encode(), dtype, must_be_fast=False)
