@@ -21,6 +21,7 @@ from object_detection.label_map import LabelMapError, load_label_map
 from object_detection.pipeline import (
     ENCODINGS,
     DetectOptions,
+    OutputError,
     annotated_image_path,
     choose_encoding,
     detect,
@@ -34,8 +35,9 @@ from tfserving.spec import DEFAULT_PORT, ServerSpec, ServerSpecError
 
 DEFAULT_LABEL_MAP = Path(__file__).resolve().parents[1] / "data" / "labels.pbtxt"
 
+FILE = click.Path(dir_okay=False, path_type=Path)
 # Errors a user can fix; shown as one line, exit code 1, no traceback.
-USER_ERRORS = (TFServingError, ImageError, LabelMapError, OSError, ValueError)
+USER_ERRORS = (TFServingError, ImageError, LabelMapError, OutputError, OSError)
 
 EXAMPLES = """\b
 Examples:
@@ -148,12 +150,12 @@ def cli() -> None:
 @click.option(
     "--image_path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="The photo (JPEG, PNG, ...).",
 )
 @click.option(
     "--output_json",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Write the result here (default: print it).",
 )
 @click.option(
@@ -165,12 +167,12 @@ def cli() -> None:
 )
 @click.option(
     "--output_image",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Write the annotated picture here (implies --save_output_image true).",
 )
 @click.option(
     "--label_map",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     default=DEFAULT_LABEL_MAP,
     help="Label map (.pbtxt) naming the class ids.  [default: the COCO map in data/]",
 )

@@ -29,6 +29,10 @@ ENCODINGS = ("auto", "b64", "pixels")
 _ENCODING_FOR_DTYPE = {"DT_STRING": "b64", "DT_UINT8": "pixels"}
 
 
+class OutputError(ValueError):
+    """An output path that cannot be used (e.g. it would overwrite the input photo)."""
+
+
 @dataclass(frozen=True)
 class DetectOptions:
     min_score: float = 0.5
@@ -148,7 +152,7 @@ def write_json(result: DetectionResult, path: Path) -> None:
 def write_annotated_image(result: DetectionResult, path: Path) -> None:
     """JPEG with the boxes drawn; refuses to overwrite the input photo."""
     if path.resolve() == result.image.path.resolve():
-        raise ValueError(f"{path} is the input image: choose another output name")
+        raise OutputError(f"{path} is the input image: choose another output name")
     picture = draw_detections(result.image.image, result.detections)
     _write_atomically(path, lambda file: picture.save(file, "JPEG", quality=95, subsampling=0))
 
