@@ -133,10 +133,8 @@ def _decode(url: str, response: requests.Response) -> dict[str, Any]:
     """TF Serving always answers JSON; errors come as {"error": "..."} with a 4xx/5xx status."""
     try:
         body = response.json()
-    except ValueError:
-        raise NotTFServing(
-            url, response.status_code, response.headers.get("Content-Type", ""), response.content
-        ) from None
+    except ValueError:  # HTML from a proxy, plain text, an empty body...
+        body = None
     if not isinstance(body, dict):
         raise NotTFServing(
             url, response.status_code, response.headers.get("Content-Type", ""), response.content
