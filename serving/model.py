@@ -5,6 +5,7 @@ signatures, its status and metadata documents.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving.errors import invalid_argument
+from serving.errors import HTTP_STATUS, ServingError, invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
 SERVE_TAG = "serve"
@@ -110,7 +111,11 @@ class ServedModel:
         try:
             tensors = {key: tf.constant(value) for key, value in inputs.items()}
             outputs = function(**tensors)
-        except (TypeError, ValueError, tf.errors.InvalidArgumentError) as e:
+        except tf.errors.OpError as e:
+            # The graph's own error, with its canonical code, as TF Serving passes it on
+            # (a bad image is INVALID_ARGUMENT: 400; a corrupt stream DATA_LOSS: 500).
+            raise ServingError(_ERROR_CODES.get(e.error_code, "UNKNOWN"), _op_message(e)) from None
+        except (TypeError, ValueError) as e:  # the signature refused the tensor (rank, dtype)
             raise invalid_argument(_first_line(str(e))) from None
         return {key: value.numpy() for key, value in sorted(outputs.items())}
 
@@ -139,6 +144,15 @@ class ServedModel:
                 }
             },
         }
+
+
+_ERROR_CODES = {getattr(tf.errors, name): name for name in HTTP_STATUS}
+
+
+def _op_message(error: tf.errors.OpError) -> str:
+    """The kernel's message without the Python-side framing TensorFlow adds around it."""
+    message = error.message.split("<stack traces unavailable>\n", 1)[-1]
+    return re.sub(r"\s*\[Op:[^\]]*\]$", "", message.removeprefix("Graph execution error:")).strip()
 
 
 def _first_line(message: str) -> str:
