@@ -85,9 +85,18 @@ class LocalServer:
 
     def start(self) -> LocalServer:
         """Start the process; return once its port accepts connections."""
+        self.launch()
+        return self.wait_until_listening()
+
+    def launch(self) -> subprocess.Popen:
+        """Start the process without waiting for it (to watch it load)."""
         self.process = subprocess.Popen(
             self.command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self._stderr
         )
+        return self.process
+
+    def wait_until_listening(self) -> LocalServer:
+        """Wait until the port accepts connections; fail with the server's log if it dies."""
         deadline = time.monotonic() + self.start_timeout
         while not port_accepts(self.port):
             if self.process.poll() is not None:
@@ -106,8 +115,9 @@ class LocalServer:
 
     def stderr(self) -> str:
         """Everything the server wrote to stderr so far (its log: one line per request)."""
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        # pread: the server shares this file's offset, so reading must not move it.
+        fd = self._stderr.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal the process and wait for it; kill it if it doesn't exit. Returns its exit code."""
