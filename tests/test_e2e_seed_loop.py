@@ -1,5 +1,7 @@
 """The seed's whole loop, end to end: model -> serving image -> registry -> container -> client.
 
+(Below it, quick tests of the serving base image's recipe: its apt source, content keys, contract.)
+
 What a user does by hand in the seed ("test the custom server"), on real parts: build_image.py
 packages a model onto the serving base image and pushes it to a local registry; the image is
 pulled back by the printed digest and run as uid 1000 with host networking, as a cluster would
@@ -26,11 +28,16 @@ import docker
 import pytest
 from PIL import Image
 
-from image_builder.base_image import ensure_base_image
+from image_builder.base_image import (
+    REQUIREMENTS,
+    BaseImageError,
+    app_packages,
+    debian_source,
+    ensure_base_image,
+    runtime_key,
+)
 from tests.conftest import COCO_DOG, ENCODED_MODEL, IMAGE1, PIXEL_MODEL, ROOT, SHARED_LABELS
 from tests.docker_support import DockerCleanup, LocalRegistry, free_port
-
-pytestmark = [pytest.mark.docker, pytest.mark.e2e]
 
 MODEL_NAME = "ssd_mobilenet"
 CONTAINER_PREFIX = "tfs-sidecar-e2e-"
@@ -123,11 +130,14 @@ def serve_and_detect(
     assert [d["class_id"] for d in dogs] == [COCO_DOG, COCO_DOG], result["detections"]
     assert [d["label"] for d in dogs] == ["dog", "dog"]
     assert all(d["score"] == pytest.approx(0.71, abs=0.03) for d in dogs), dogs
-    with Image.open(output_json.with_suffix(".jpg")) as annotated:
+    [picture] = out_dir.glob("*.jpg")  # --save_output_image: the annotated photo beside the JSON
+    with Image.open(picture) as annotated:
         assert annotated.size == (1024, 636)
     return result
 
 
+@pytest.mark.docker
+@pytest.mark.e2e
 def test_model_to_image_to_container_to_detections(
     docker_client: docker.DockerClient,
     local_registry: LocalRegistry,
@@ -152,3 +162,92 @@ def test_model_to_image_to_container_to_detections(
 
     left = docker_client.containers.list(all=True, filters={"name": CONTAINER_PREFIX})
     assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+# The serving base image's recipe --------------------------------------------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.e2e
+def test_base_image_keeps_tensorflow_serving_contract_and_is_cached(
+    docker_client: docker.DockerClient, serving_base_image: str
+) -> None:
+    config = docker_client.images.get(serving_base_image).attrs["Config"]
+    assert {"MODEL_BASE_PATH=/models", "MODEL_NAME=model"} <= set(config["Env"])
+    assert set(config["ExposedPorts"]) == {"8500/tcp", "8501/tcp"}
+    assert config["Entrypoint"] == ["/usr/bin/tf_serving_entrypoint.sh"]
+    assert not config["Cmd"]  # `docker run IMAGE --flag` appends only what the user gives
+    assert config["User"] == "1000:1000"
+
+    messages: list[str] = []
+    assert ensure_base_image(docker_client, log=messages.append) == serving_base_image
+    assert all(m.startswith("reusing ") for m in messages), messages
+
+
+def write_apt_config(apt_dir: Path, sources_list: str, deb822: str) -> Path:
+    (apt_dir / "sources.list.d").mkdir(parents=True)
+    (apt_dir / "sources.list").write_text(sources_list)
+    (apt_dir / "sources.list.d" / "debian.sources").write_text(deb822)
+    (apt_dir / "sources.list.d" / "other.list.disabled").write_text(
+        "deb http://disabled.example/debian bookworm main\n"
+    )
+    return apt_dir
+
+
+def test_debian_mirror_is_read_from_apt_deb822_sources(tmp_path: Path) -> None:
+    apt_dir = write_apt_config(
+        tmp_path,
+        "# deb http://commented.example/debian bookworm main\n",
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n\n"
+        "Types: deb-src\nURIs: http://source.example/debian\nSuites: bookworm\n\n"
+        "Enabled: no\nTypes: deb\nURIs: http://off.example/debian\nSuites: bookworm\n\n"
+        "Types: deb\n# a comment inside the stanza\nURIs: http://mirror.example/debian\n"
+        "Suites: bookworm\n bookworm-updates\nComponents: main\nSigned-By: /keys/debian.gpg\n",
+    )
+    source = debian_source("bookworm", apt_dir)
+    assert source.uri == "http://mirror.example/debian"
+    assert source.suites == ("bookworm", "bookworm-updates")
+    assert source.keyring == Path("/keys/debian.gpg")
+
+
+def test_debian_mirror_is_read_from_one_line_sources_list(tmp_path: Path) -> None:
+    apt_dir = write_apt_config(
+        tmp_path,
+        "deb-src http://source.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/keys/debian.gpg] http://mirror.example/debian bookworm main\n",
+        "",
+    )
+    source = debian_source("bookworm", apt_dir)
+    assert source.uri == "http://mirror.example/debian"
+    assert source.keyring == Path("/keys/debian.gpg")
+
+
+def test_no_apt_source_for_the_suite_says_what_to_do(tmp_path: Path) -> None:
+    apt_dir = write_apt_config(tmp_path, "deb http://mirror.example/ubuntu noble main\n", "")
+    with pytest.raises(BaseImageError, match=r"no apt source for Debian bookworm.*--mirror"):
+        debian_source("bookworm", apt_dir)
+
+
+def test_code_layer_holds_serving_and_the_project_packages_it_imports(tmp_path: Path) -> None:
+    files = {
+        "serving/__init__.py": "",
+        "serving/server.py": "import numpy\nfrom tfserving.spec import url\nfrom . import x\n",
+        "tfserving/__init__.py": "",
+        "tfserving/spec.py": "import object_detection.labels as labels\n",
+        "object_detection/__init__.py": "",
+        "deploy/__init__.py": "import serving\n",  # imports serving, is not imported by it
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert app_packages(tmp_path) == ["object_detection", "serving", "tfserving"]
+
+
+def test_runtime_key_follows_the_requirements(tmp_path: Path) -> None:
+    for name in REQUIREMENTS:
+        shutil.copy(ROOT / name, tmp_path / name)
+    assert runtime_key(tmp_path) == runtime_key(ROOT)
+    with (tmp_path / "requirements.txt").open("a") as f:
+        f.write("rich>=13\n")
+    assert runtime_key(tmp_path) != runtime_key(ROOT)
