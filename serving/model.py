@@ -17,40 +17,10 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving.errors import HTTP_STATUS, ServingError, invalid_argument
+from serving.model_dirs import ModelDirError, latest_version
 
 DEFAULT_SIGNATURE = "serving_default"
 SERVE_TAG = "serve"
-
-
-class ModelDirError(Exception):
-    """The base path holds nothing servable (said in words a user can act on)."""
-
-
-def numeric_versions(base_path: Path) -> dict[int, Path]:
-    """Version dirs under a base path, as TF Serving reads them: names parsed as integers.
-
-    "00001" is version 1; names that are not integers (e.g. "tmp", "1.bak") are ignored.
-    """
-    versions = {}
-    for entry in base_path.iterdir():
-        if entry.is_dir() and entry.name.isascii() and entry.name.isdigit():
-            versions[int(entry.name)] = entry
-    return versions
-
-
-def latest_version(base_path: Path) -> tuple[int, Path]:
-    """The highest numeric version under `base_path` (TF Serving's default "latest" policy)."""
-    if not base_path.is_dir():
-        raise ModelDirError(f"model base path {base_path} is not a directory")
-    versions = numeric_versions(base_path)
-    if not versions:
-        found = sorted(p.name for p in base_path.iterdir()) or ["nothing"]
-        raise ModelDirError(
-            f"no numeric version directory under {base_path} (found: {', '.join(found)}); "
-            "lay the model out as BASE_PATH/1/saved_model.pb (see python -m serving.prepare_model)"
-        )
-    version = max(versions)
-    return version, versions[version]
 
 
 def _serving_meta_graph(saved_model_dir: Path) -> meta_graph_pb2.MetaGraphDef:
