@@ -99,19 +99,48 @@ def docker_step(what: str) -> Iterator[None]:
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM while cleaning up, so a second Ctrl-C cannot leave a container."""
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on them as usual.
+
+    For daemon calls that go on without us: a commit we stop waiting for still completes in the
+    daemon and leaves an image nobody removes; a removal cut short leaves the container.
+    Python-level handlers, not a signal mask: a mask holds only the calling thread, and the
+    signal would reach another one (tqdm's monitor) and still interrupt the main thread.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    held: list[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda n, _: held.append(n)) for signum in watched}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            handler = previous[held[0]]
+            if callable(handler):
+                handler(held[0], None)  # e.g. raises KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(held[0])
+
+
+@contextmanager
+def cleanup_step(what: str, by_hand: str) -> Iterator[None]:
+    """A removal that Ctrl-C cannot cut short and whose failure cannot hide the error being
+    handled: it is reported with the command to finish the job by hand."""
+    with signals_deferred():
+        try:
+            yield
+        except docker.errors.NotFound:
+            pass
+        except (DockerException, requests.RequestException) as exc:
+            print(f"warning: could not remove {what}: {exc}; run `{by_hand}`", file=sys.stderr)
 
 
 class BuildContainer:
-    """A uniquely named container of the base image that is removed when the block ends.
+    """A uniquely named container of the base image that is removed when the block ends; the
+    image committed from it is removed too unless the block completes.
 
     >>> with BuildContainer(client, "tensorflow/serving:2.18.0") as box:
     ...     box.copy(archive)
@@ -123,6 +152,7 @@ class BuildContainer:
         self.base_image = base_image
         self.name = f"{CONTAINER_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.container: Container | None = None
+        self.image_id: str | None = None
 
     def __enter__(self) -> BuildContainer:
         try:
@@ -133,22 +163,20 @@ class BuildContainer:
             raise
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.remove()
+        if exc_type is not None and self.image_id:
+            self._remove_image()
+
+    def _remove_image(self) -> None:
+        """Drop the image of a build that failed or was interrupted after its commit."""
+        with cleanup_step(f"image {self.image_id}", f"docker rmi -f {self.image_id}"):
+            self.client.api.remove_image(self.image_id, force=True)
 
     def remove(self) -> None:
         """Remove the container by its unique name, whether or not its creation completed."""
-        with signals_deferred():
-            try:
-                self.client.api.remove_container(self.name, force=True, v=True)
-            except docker.errors.NotFound:
-                pass
-            except (DockerException, requests.RequestException) as exc:
-                print(
-                    f"warning: could not remove build container {self.name}: {exc}; "
-                    f"remove it with `docker rm -f {self.name}`",
-                    file=sys.stderr,
-                )
+        with cleanup_step(f"build container {self.name}", f"docker rm -f {self.name}"):
+            self.client.api.remove_container(self.name, force=True, v=True)
         self.container = None
 
     def copy(self, archive: ModelArchive) -> None:
@@ -162,17 +190,22 @@ class BuildContainer:
             self.container.put_archive("/", _counted(archive, bar))
 
     def commit(self, reference: ImageReference, changes: list[str]) -> str:
-        """Commit the container as `reference`; returns the new image's id."""
+        """Commit the container as `reference`; returns the new image's id.
+
+        Not interruptible (see signals_deferred): a Ctrl-C takes effect once the daemon is done,
+        and the block's end then removes the image.
+        """
         assert self.container is not None, "use BuildContainer in a with block"
-        with docker_step(f"committing {reference}"):
-            result = self.client.api.commit(
+        print(f"committing {reference}", file=sys.stderr, flush=True)
+        with docker_step(f"committing {reference}"), signals_deferred():
+            self.image_id = self.client.api.commit(
                 self.container.id,
                 repository=reference.repository,
                 tag=reference.tag,
                 changes=changes,
                 pause=False,  # never started: nothing to pause
-            )
-        return result["Id"]
+            )["Id"]
+        return self.image_id
 
 
 def _counted(chunks: ModelArchive, bar: tqdm) -> Iterator[bytes]:

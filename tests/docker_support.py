@@ -222,8 +222,10 @@ def import_tiny_base_image(client: docker.DockerClient, reference: str = TINY_BA
 def build_containers(client: docker.DockerClient, pid: int | None = None) -> list[str]:
     """Names of build_image.py's containers, running or not: of process `pid`, or of any."""
     prefix = f"{CONTAINER_PREFIX}{pid}-" if pid else CONTAINER_PREFIX
-    found = client.containers.list(all=True, filters={"name": f"^/?{prefix}"})
-    return [c.name for c in found]
+    # The low-level list: containers.list() inspects each one, which blocks while a
+    # put_archive holds the container.
+    found = client.api.containers(all=True, filters={"name": f"^/?{prefix}"})
+    return [c["Names"][0].lstrip("/") for c in found]
 
 
 def remove_image(client: docker.DockerClient, reference: str) -> None:

@@ -258,24 +258,35 @@ def test_manifest_gets_the_digest_and_nothing_else(
     assert [str(p) for p in problems if not p.note] == []
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_during_copy_removes_the_container(
+@pytest.mark.parametrize(
+    ("phase", "signum"),
+    [
+        ("copying model", signal.SIGINT),
+        ("copying model", signal.SIGTERM),
+        ("committing", signal.SIGINT),
+    ],
+)
+def test_interrupt_leaves_no_container_and_no_image(
+    phase: str,
     signum: int,
     tmp_path: Path,
     docker_client: docker.DockerClient,
     tiny_base_image: str,
     docker_cleanup: DockerCleanup,
 ) -> None:
-    """Ctrl-C (or a SIGTERM from CI) while the model streams in: exit 130, no container left."""
+    """Ctrl-C (or CI's SIGTERM) while the model streams in or while the daemon commits: exit
+    130, the container removed, and no image, not even one the daemon finishes committing
+    after the command has stopped waiting."""
     model = tmp_path / "model"
     (model / "variables").mkdir(parents=True)
     (model / "saved_model.pb").write_bytes(b"pb")
     with (model / "variables" / "variables.data-00000-of-00001").open("wb") as f:
-        f.truncate(1 << 30)  # sparse: costs no disk here, takes seconds to stream
-    docker_cleanup.image("big_serving:interrupted")
-    args = ["--model_dir", str(model), "--model_name", "big", "--base_image", tiny_base_image]
+        f.truncate(256 << 20)  # sparse: costs no disk here, takes seconds to copy and commit
+    name = f"interrupted_{uuid.uuid4().hex[:8]}"
+    target = docker_cleanup.image(f"{name}_serving:v0.1.0")
+    args = ["--model_dir", str(model), "--model_name", name, "--base_image", tiny_base_image]
     proc = subprocess.Popen(
-        [sys.executable, "build_image.py", *args, "--tag", "interrupted"],
+        [sys.executable, "build_image.py", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -284,13 +295,13 @@ def test_interrupt_during_copy_removes_the_container(
     )
     docker_cleanup.process(proc.pid)
     try:
-        deadline = time.monotonic() + 60
-        while not build_containers(docker_client, proc.pid) and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
-        assert build_containers(docker_client, proc.pid), "the build container never appeared"
+        seen = ""
+        while not seen.startswith(phase):
+            seen = proc.stderr.readline()
+            assert seen, f"build_image.py ended before {phase!r}: {proc.communicate()}"
+        time.sleep(0.5)  # well inside the step: copying or committing 256 MB takes seconds
         proc.send_signal(signum)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -298,6 +309,10 @@ def test_interrupt_during_copy_removes_the_container(
     assert "interrupted; the build container was removed" in stderr
     assert "Traceback" not in stderr
     assert not build_containers(docker_client, proc.pid)
+    for _ in range(10):  # a commit the command abandoned would appear within seconds
+        with pytest.raises(ImageNotFound):
+            docker_client.images.get(target)
+        time.sleep(0.5)
 
 
 def test_build_container_is_removed_when_the_block_fails(
