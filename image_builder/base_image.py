@@ -439,7 +439,7 @@ def _code_archive(root: Path) -> bytes:
             info = tar.gettarinfo(str(path), arcname=name.lstrip("/"))
             info.uid = info.gid = 0
             info.uname = info.gname = "root"
-            info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            info.mode = 0o755 if path == ENTRYPOINT_SCRIPT else 0o644
             with path.open("rb") as f:
                 tar.addfile(info, f)
     return buffer.getvalue()
