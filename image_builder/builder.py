@@ -101,8 +101,9 @@ def docker_step(what: str) -> Iterator[None]:
 def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends, then act on them as usual.
 
-    For daemon calls that go on without us: a commit we stop waiting for still completes in the
-    daemon and leaves an image nobody removes; a removal cut short leaves the container.
+    For daemon calls that go on without us: a create or commit we stop waiting for still
+    completes in the daemon, leaving a container or image nobody removes; a removal cut short
+    leaves the container.
     Python-level handlers, not a signal mask: a mask holds only the calling thread, and the
     signal would reach another one (tqdm's monitor) and still interrupt the main thread.
     """
@@ -156,9 +157,11 @@ class BuildContainer:
 
     def __enter__(self) -> BuildContainer:
         try:
-            with docker_step(f"creating a container from {self.base_image}"):
+            # Held like the commit: a create we stopped waiting for could finish after our
+            # removal by name, leaving the container.
+            with docker_step(f"creating a container from {self.base_image}"), signals_deferred():
                 self.container = self.client.containers.create(self.base_image, name=self.name)
-        except BaseException:  # e.g. Ctrl-C after the daemon created it, before we knew its id
+        except BaseException:  # e.g. the Ctrl-C held during the create
             self.remove()
             raise
         return self
