@@ -130,17 +130,20 @@ def test_missing_base_image_is_pulled_with_progress(
     auth_registry: LocalRegistry,
     docker_cleanup: DockerCleanup,
 ) -> None:
-    """A base image only the registry has (pushed there, removed here) is pulled for the build;
-    from the htpasswd registry with the --username credentials given for the push."""
+    """A base image only the registry has (pushed there, removed here) is pulled for the build:
+    by tag from the open registry; by digest from the htpasswd registry, with the --username
+    credentials given for the push."""
     registry = auth_registry if auth else local_registry
     credentials = {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD} if auth else None
     local = docker_cleanup.image(import_tiny_base_image(docker_client, "tfs-sidecar-test/pull:1"))
-    remote = docker_cleanup.image(f"{registry.host}/bases/tiny:{uuid.uuid4().hex[:8]}")
-    docker_client.images.get(local).tag(remote)
-    pushed = docker_client.api.push(remote, stream=True, decode=True, auth_config=credentials)
-    follow(pushed, "push")
-    docker_client.images.remove(remote)
+    tagged = f"{registry.host}/bases/tiny:{uuid.uuid4().hex[:8]}"
+    docker_client.images.get(local).tag(tagged)
+    pushed = docker_client.api.push(tagged, stream=True, decode=True, auth_config=credentials)
+    digest = follow(pushed, "push")["Digest"]
+    docker_client.images.remove(tagged)
     docker_client.images.remove(local)
+    remote = f"{registry.host}/bases/tiny@{digest}" if auth else tagged
+    docker_cleanup.image(remote)
     with pytest.raises(ImageNotFound):
         docker_client.images.get(remote)
 
