@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
 
-from object_detection.images import ImageError
-from object_detection.label_map import LabelMapError, load_label_map
+from object_detection.batch import (
+    SUMMARY_NAME,
+    BatchOptions,
+    BatchTally,
+    iter_inputs,
+    names_one_file,
+    run_batch,
+)
+from object_detection.bench import format_report, run_bench
+from object_detection.bench import plot as draw_bench_plot
+from object_detection.images import ImageError, load_image
+from object_detection.label_map import LabelMap, LabelMapError, load_label_map
 from object_detection.pipeline import (
     ENCODINGS,
     DetectOptions,
@@ -25,6 +37,7 @@ from object_detection.pipeline import (
     annotated_image_path,
     choose_encoding,
     detect,
+    request_body,
     write_annotated_image,
     write_json,
 )
@@ -74,9 +87,12 @@ class ServerSettings:
     timeout: float
     retries: int
 
-    def client(self, retries: int | None = None) -> TFServingClient:
+    def client(self, retries: int | None = None, pool_size: int = 10) -> TFServingClient:
         return TFServingClient(
-            self.spec, self.timeout, self.retries if retries is None else retries
+            self.spec,
+            self.timeout,
+            self.retries if retries is None else retries,
+            pool_size=pool_size,
         )
 
 
@@ -147,11 +163,12 @@ def cli() -> None:
 
 @cli.command(epilog=EXAMPLES)
 @server_options
+@click.argument("paths", nargs=-1, metavar="[PHOTO|DIR|GLOB]...")
 @click.option(
     "--image_path",
-    required=True,
-    type=FILE,
-    help="The photo (JPEG, PNG, ...).",
+    multiple=True,
+    help="The photo (JPEG, PNG, ...). Repeat it, or name photos, directories (searched "
+    "recursively for image files) and quoted globs as arguments, to detect in many.",
 )
 @click.option(
     "--output_json",
@@ -199,9 +216,35 @@ def cli() -> None:
     show_default=True,
     help="Keep the server's full answer in the JSON (raw_response).",
 )
+@click.option(
+    "--max_side",
+    type=click.IntRange(min=1),
+    metavar="PIXELS",
+    help="Pixel encoding: shrink larger images to fit PIXELS x PIXELS before sending (less "
+    "JSON, faster; boxes still land on the original). b64 sends the file as it is.",
+)
+@click.option(
+    "--output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Many images: write NAME.json (and NAME_annotated.jpg) here, mirroring the input "
+    "folders, and summary.jsonl with every input's outcome.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Many images: requests in flight at once, over as many keep-alive connections.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Many images: skip inputs whose result is already complete in --output_dir.",
+)
 def predict(
     server: ServerSettings,
-    image_path: Path,
+    paths: tuple[str, ...],
+    image_path: tuple[str, ...],
     output_json: Path | None,
     save_output_image: bool,
     output_image: Path | None,
@@ -211,12 +254,51 @@ def predict(
     encoding: str,
     signature_name: str,
     raw: bool,
+    max_side: int | None,
+    output_dir: Path | None,
+    workers: int,
+    resume: bool,
 ) -> None:
-    """Detect objects in one image: JSON with the detections, and optionally the picture."""
+    """Detect objects in one image (JSON with the detections, and optionally the picture),
+    or in many: photos, directories and globs, with --output_dir."""
+    inputs = [*image_path, *paths]
+    if not inputs:
+        raise click.UsageError("name the image: --image_path PHOTO (or photos, dirs, globs)")
     labels = load_label_map(label_map)
-    options = DetectOptions(min_score, max_boxes, encoding, signature_name, keep_raw=raw)
+    options = DetectOptions(
+        min_score, max_boxes, encoding, signature_name, keep_raw=raw, max_side=max_side
+    )
+    if output_dir is None and names_one_file(inputs):
+        if resume:
+            raise click.UsageError("--resume needs --output_dir")
+        image = Path(inputs[0])
+        predict_one(server, image, labels, options, output_json, save_output_image, output_image)
+        return
+    if output_dir is None:
+        raise click.UsageError("several images (or a directory, or a glob) need --output_dir")
+    if output_json or output_image:
+        raise click.UsageError(
+            "--output_json and --output_image name one image's files: with --output_dir, "
+            "each image gets NAME.json (and NAME_annotated.jpg) there"
+        )
+    if any(Path(name).is_dir() and Path(name).resolve() == output_dir.resolve() for name in inputs):
+        raise click.UsageError("--output_dir must not be one of the input directories")
+    predict_many(server, inputs, labels, options, output_dir, save_output_image, workers, resume)
+
+
+def predict_one(
+    server: ServerSettings,
+    image_path: Path,
+    labels: LabelMap,
+    options: DetectOptions,
+    output_json: Path | None,
+    save_output_image: bool,
+    output_image: Path | None,
+) -> None:
+    """The seed's single-image command: JSON to a file or stdout, a human summary."""
     with server.client() as client:
         result = detect(client, image_path, labels, options)
+    warn_if_max_side_unused(options, result.encoding)
 
     # Without --output_json, stdout carries the JSON and the human summary goes to stderr.
     to_stderr = output_json is None
@@ -234,7 +316,7 @@ def predict(
         write_annotated_image(result, output_image)
 
     click.echo(
-        f"{len(result.detections)} detections (score >= {min_score:g}) from model "
+        f"{len(result.detections)} detections (score >= {options.min_score:g}) from model "
         f"{result.model_name} version {result.model_version}, {result.encoding} encoding, "
         f"{result.timing_ms['total']:.0f} ms",
         err=to_stderr,
@@ -246,6 +328,147 @@ def predict(
         click.echo(f"JSON: {output_json}", err=to_stderr)
     if output_image:
         click.echo(f"annotated image: {output_image}", err=to_stderr)
+
+
+def predict_many(
+    server: ServerSettings,
+    inputs: list[str],
+    labels: LabelMap,
+    options: DetectOptions,
+    output_dir: Path,
+    save_image: bool,
+    workers: int,
+    resume: bool,
+) -> None:
+    """Every image through the server, `workers` at a time, with a progress bar on stderr."""
+    batch = BatchOptions(output_dir, workers, save_image, resume)
+    total = sum(1 for _ in iter_inputs(inputs, exclude=output_dir))  # a walk, no image read
+    with server.client(pool_size=workers) as client:
+        # A server or model this client cannot use stops the run before the first image.
+        signature = client.metadata().signature(options.signature_name)
+        warn_if_max_side_unused(options, choose_encoding(signature.image_input, options.encoding))
+        progress = tqdm(total=total, unit="img", desc="predict", file=sys.stderr)
+
+        def show(record: dict[str, Any], tally: BatchTally) -> None:
+            if record["status"] == "error":
+                error, name = record["error"], record["input"]
+                message = error if name in error else f"{name}: {error}"
+                progress.write(f"failed: {message}", sys.stderr)
+            counts = {"ok": tally.ok, "failed": tally.error, "skipped": tally.skipped}
+            progress.set_postfix(counts, refresh=False)
+            progress.update()
+
+        try:
+            images = iter_inputs(inputs, exclude=output_dir)
+            tally = run_batch(client, images, labels, options, batch, show)
+        except KeyboardInterrupt:
+            raise click.ClickException(
+                "interrupted: the results written so far are complete; run the same command "
+                "with --resume to do the rest"
+            ) from None
+        finally:
+            progress.close()
+    click.echo(
+        f"{tally.ok} done, {tally.error} failed, {tally.skipped} skipped (already done); "
+        f"results in {output_dir}, every input's outcome in {output_dir / SUMMARY_NAME}",
+        err=True,
+    )
+    if tally.error:
+        raise click.ClickException(f"{tally.error} of {total} images failed (see the summary)")
+
+
+def warn_if_max_side_unused(options: DetectOptions, encoding: str) -> None:
+    if options.max_side and encoding == "b64":
+        click.echo("note: --max_side applies to pixels; b64 sends the file as it is", err=True)
+
+
+BENCH_EXAMPLES = """\b
+Examples:
+  # 200 requests, 4 at a time, cycling through two photos
+  python client.py bench --model_name ssd --requests 200 --concurrency 4 a.jpg b.jpg
+  # 30 seconds at 8 in flight; figures as JSON, and a latency plot
+  python client.py bench --server_url http://10.0.0.5:8501/v1/models/ssd \\
+      --duration 30 --concurrency 8 --json --plot latency.png photo.jpg
+"""
+
+
+@cli.command(epilog=BENCH_EXAMPLES)
+@server_options
+@click.argument("images", nargs=-1, required=True, type=FILE)
+@click.option(
+    "--requests",
+    "request_count",
+    type=click.IntRange(min=1),
+    help="Measured requests to send  [default: 100, unless --duration]",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Send requests for this long instead of a fixed number.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Requests in flight at once (each on its own keep-alive connection).",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    help="Requests sent first and not counted  [default: one per concurrent connection]",
+)
+@click.option("--encoding", type=click.Choice(ENCODINGS), default="auto", show_default=True)
+@click.option("--signature_name", default=DEFAULT_SIGNATURE, show_default=True)
+@click.option("--max_side", type=click.IntRange(min=1), metavar="PIXELS", help="As for predict.")
+@click.option("--plot", type=FILE, help="Write a PNG: latency histogram and latency over time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(
+    server: ServerSettings,
+    images: tuple[Path, ...],
+    request_count: int | None,
+    duration: float | None,
+    concurrency: int,
+    warmup: int | None,
+    encoding: str,
+    signature_name: str,
+    max_side: int | None,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
+    """Load-test a served model: latency percentiles, throughput, errors by kind.
+
+    Bodies are built before timing; warm-up requests are not counted; nothing is retried.
+    Exit code 1 when any measured request failed.
+    """
+    if request_count is not None and duration is not None:
+        raise click.UsageError("give --requests or --duration, not both")
+    if duration is None and request_count is None:
+        request_count = 100
+    with server.client(retries=0, pool_size=concurrency) as client:
+        signature = client.metadata().signature(signature_name)
+        chosen = choose_encoding(signature.image_input, encoding)
+        bodies = [
+            request_body(load_image(image), chosen, signature.name, max_side)[0] for image in images
+        ]
+        what = f"{request_count} requests" if duration is None else f"{duration:g} s"
+        click.echo(f"bench: {what} at concurrency {concurrency}, {chosen} encoding", err=True)
+        result = run_bench(
+            client,
+            bodies,
+            concurrency,
+            request_count,
+            duration,
+            concurrency if warmup is None else warmup,
+        )
+    summary = result.summary()
+    click.echo(json.dumps(summary, indent=2) if as_json else format_report(summary))
+    if plot:
+        draw_bench_plot(result, plot)
+        click.echo(f"plot: {plot}", err=True)
+    if summary["errors"]:
+        raise SystemExit(1)
 
 
 @cli.command(epilog=EXAMPLES)
