@@ -81,9 +81,10 @@ def names_one_file(arguments: Sequence[str]) -> bool:
 
 def iter_inputs(arguments: Sequence[str], exclude: Path | None = None) -> Iterator[BatchInput]:
     """The images named by files, directories (recursive, image extensions only, hidden entries
-    and `exclude` skipped) and globs (image extensions only), in order, each once per output
-    name: a second input with the same output name (photo.jpg beside photo.png) is reported as
-    a problem instead of overwriting the first one's result."""
+    skipped) and globs (image extensions only), in order, without anything under `exclude` (the
+    output folder), each once per output name: a second input with the same output name
+    (photo.jpg beside photo.png) is reported as a problem instead of overwriting the first one's
+    result."""
     base = _common_folder(arguments)
     excluded = exclude.resolve() if exclude else None
     seen: set[Path] = set()  # output names so far: one short path per input
@@ -107,6 +108,8 @@ def _expand(argument: str, excluded: Path | None) -> Iterator[tuple[Path, str | 
         matched = False
         for match in sorted(glob.iglob(argument, recursive=True)):
             found = Path(match)
+            if excluded and excluded in found.resolve().parents:
+                continue  # our own results (annotated pictures) are not inputs
             if found.is_file() and found.suffix.lower() in IMAGE_EXTENSIONS:
                 matched = True
                 yield found, None
