@@ -20,6 +20,7 @@ length, no empty list). How it proves that without a JSON parser:
 3. Every pair of adjacent characters (whitespace removed) must be one JSON allows inside a
    numeric array: no "[,", ",]", ",,", "]5", "5[", "1-", "-.", ".e"... and no leading zeros.
    With 2., this puts exactly one number between two separators at the leaf level.
+   (Characters are mapped to classes, pairs of classes to flags, each with one bytes.translate.)
 4. numpy.fromstring reads the numbers between the commas (brackets blanked); it fails on anything
    between two commas that isn't "whitespace, number, whitespace", so reading exactly prod(shape)
    numbers proves no number was split by whitespace.
@@ -67,30 +68,22 @@ _FOLLOWERS = {
     _EXP: (*_DIGITS, _MINUS, _PLUS),
 }
 # Each pair of classes (first << 4 | second) maps to a flag byte, so one bytes.translate flags all
-# pairs and C-speed substring searches find the bad ones.
-_OK, _SEP_ZERO, _MINUS_ZERO, _ZERO_DIGIT, _SEP_MINUS, _BAD = (
-    b"\x00",
-    b"\x01",
-    b"\x02",
-    b"\x04",
-    b"\x08",
-    b"\x10",
-)
-_PAIR_FLAGS = bytearray(_BAD * 256)
+# pairs, a byte search finds a bad one, and numpy finds the few patterns spanning two pairs.
+_OK, _BAD, _SEP_ZERO, _SEP_MINUS, _MINUS_ZERO, _DIGIT_PAIR = range(6)
+_PAIR_FLAGS = bytearray([_BAD] * 256)
 for _first, _seconds in _FOLLOWERS.items():
     for _second in _seconds:
-        _PAIR_FLAGS[_first << 4 | _second] = _OK[0]
+        _PAIR_FLAGS[_first << 4 | _second] = _OK
 for _sep in (_OPEN, _COMMA):
-    _PAIR_FLAGS[_sep << 4 | _ZERO] = _SEP_ZERO[0]
-    _PAIR_FLAGS[_sep << 4 | _MINUS] = _SEP_MINUS[0]
-_PAIR_FLAGS[_MINUS << 4 | _ZERO] = _MINUS_ZERO[0]
-for _digit in _DIGITS:
-    _PAIR_FLAGS[_ZERO << 4 | _digit] = _ZERO_DIGIT[0]
+    _PAIR_FLAGS[_sep << 4 | _ZERO] = _SEP_ZERO
+    _PAIR_FLAGS[_sep << 4 | _MINUS] = _SEP_MINUS
+_PAIR_FLAGS[_MINUS << 4 | _ZERO] = _MINUS_ZERO
+for _first in _DIGITS:
+    for _second in _DIGITS:
+        _PAIR_FLAGS[_first << 4 | _second] = _DIGIT_PAIR
 _PAIR_FLAGS = bytes(_PAIR_FLAGS)
-# A number starting "0" or "-0" followed by a digit has a leading zero, which JSON forbids
-# (after an exponent mark, "1e-05", it is fine: that "-" follows "e", not a separator).
-_LEADING_ZERO = _SEP_ZERO + _ZERO_DIGIT
-_NEGATIVE_LEADING_ZERO = _SEP_MINUS + _MINUS_ZERO + _ZERO_DIGIT
+# Ten digits in a row: a number that may not fit int32 (9 digits always do).
+_TEN_DIGITS = bytes([_DIGIT_PAIR] * 9)
 
 _BLANK_BRACKETS = bytes.maketrans(b"[]", b"  ")
 _HEAD = re.compile(rb'"(instances|inputs)"\s*:\s*\Z')
@@ -174,15 +167,18 @@ def parse_numeric_array(array: bytes, dtype: str) -> np.ndarray | None:
         return None  # strings ({"b64": ...}): not a numeric array
     classes = array.translate(_CLASSES, _WHITESPACE)
     shape = _dense_shape(classes.translate(None, _NUMBER_CLASSES))
+    if shape is None:
+        return None
     negatives = b"-" in array
-    if shape is None or not _pairs_ok(classes, negatives):
+    flags = _pair_flags(classes)
+    if _BAD in flags or _leading_zero(flags, negatives):
         return None
     if negatives and not _minus_signs_ok(array):
         return None
     floats = b"." in array or b"e" in array or b"E" in array
     if floats and dtype in _INT_DTYPES:
         return None  # a type error: the general path says so
-    parse_as = np.float64 if floats else np.int64
+    parse_as = _parse_dtype(dtype, floats, long_numbers=_TEN_DIGITS in flags)
     try:
         values = np.fromstring(array.translate(_BLANK_BRACKETS), dtype=parse_as, sep=",")
     except ValueError:
@@ -191,7 +187,50 @@ def parse_numeric_array(array: bytes, dtype: str) -> np.ndarray | None:
         return None
     if values.size and not _in_range(values, dtype):
         return None
-    return values.reshape(shape).astype(NUMPY_DTYPES[dtype])
+    return values.reshape(shape).astype(NUMPY_DTYPES[dtype], copy=False)
+
+
+def _parse_dtype(dtype: str, floats: bool, long_numbers: bool) -> type:
+    """What numpy reads the numbers as so that the result equals the general path's.
+
+    Integers of at most 9 digits fit int32, the range TF Serving takes for its int32, int16, int8
+    and uint8 inputs; it then truncates to the narrow type as a C cast does, which is what
+    numpy.fromstring does when reading straight into that type (and the fastest way to read).
+    """
+    if floats:
+        return np.float64
+    if dtype in _INT_RANGES or long_numbers:
+        return np.int64  # exact to 18 digits; overflow clamps to the extremes, which fall back
+    if dtype in _FLOAT_MAX_EXACT:
+        return np.int32
+    return NUMPY_DTYPES[dtype]
+
+
+def _pair_flags(classes: bytes) -> bytearray:
+    """The flag of every pair of adjacent classes (see _PAIR_FLAGS)."""
+    codes = np.frombuffer(classes, dtype=np.uint8)
+    pairs = bytearray(len(codes) - 1)  # numpy writes into it, bytes.translate reads it: no copy
+    pair_codes = np.frombuffer(pairs, dtype=np.uint8)
+    np.left_shift(codes[:-1], 4, out=pair_codes)
+    np.bitwise_or(pair_codes, codes[1:], out=pair_codes)
+    return pairs.translate(_PAIR_FLAGS)
+
+
+def _leading_zero(flags: bytearray, negatives: bool) -> bool:
+    """Does a number start with "0" or "-0" followed by a digit ("01", "-007")? JSON forbids it.
+
+    (After an exponent mark, "1e-05", it is fine: that "-" follows "e", not a separator.)
+    """
+    codes = np.frombuffer(flags, dtype=np.uint8)
+    # A pair (separator, "0") is never last: the array ends with "]".
+    zeros = np.flatnonzero(codes == _SEP_ZERO)
+    if (codes[zeros + 1] == _DIGIT_PAIR).any():
+        return True
+    if negatives:
+        zeros = np.flatnonzero(codes == _MINUS_ZERO)
+        after_sign = codes[np.maximum(zeros - 1, 0)] == _SEP_MINUS
+        return bool((after_sign & (codes[zeros + 1] == _DIGIT_PAIR)).any())
+    return False
 
 
 def _dense_shape(skeleton: bytes) -> list[int] | None:
@@ -222,15 +261,6 @@ def _skeleton(shape: list[int]) -> bytes:
     for size in reversed(shape[:-1]):
         text = open_ + comma.join([text] * size) + close
     return text
-
-
-def _pairs_ok(classes: bytes, negatives: bool) -> bool:
-    """Every adjacent pair is allowed and no number has a leading zero ("01", "-007")."""
-    codes = np.frombuffer(classes, dtype=np.uint8)
-    flags = ((codes[:-1] << 4) | codes[1:]).tobytes().translate(_PAIR_FLAGS)
-    if _BAD in flags or _LEADING_ZERO in flags:
-        return False
-    return not (negatives and _NEGATIVE_LEADING_ZERO in flags)
 
 
 def _minus_signs_ok(array: bytes) -> bool:

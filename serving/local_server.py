@@ -76,6 +76,9 @@ class RestServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as two writes; with Nagle's algorithm the body can wait ~40 ms for
+    # the client's delayed ACK.
+    disable_nagle_algorithm = True
     server: RestServer
 
     def setup(self) -> None:
