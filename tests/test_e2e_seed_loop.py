@@ -170,9 +170,10 @@ def test_model_to_image_to_container_to_detections(
 @pytest.mark.docker
 @pytest.mark.e2e
 def test_base_image_keeps_tensorflow_serving_contract_and_is_cached(
-    docker_client: docker.DockerClient, serving_base_image: str
+    docker_client: docker.DockerClient,
 ) -> None:
-    config = docker_client.images.get(serving_base_image).attrs["Config"]
+    base_image = ensure_base_image(docker_client, log=lambda _: None)
+    config = docker_client.images.get(base_image).attrs["Config"]
     assert {"MODEL_BASE_PATH=/models", "MODEL_NAME=model"} <= set(config["Env"])
     assert set(config["ExposedPorts"]) == {"8500/tcp", "8501/tcp"}
     assert config["Entrypoint"] == ["/usr/bin/tf_serving_entrypoint.sh"]
@@ -180,7 +181,7 @@ def test_base_image_keeps_tensorflow_serving_contract_and_is_cached(
     assert config["User"] == "1000:1000"
 
     messages: list[str] = []
-    assert ensure_base_image(docker_client, log=messages.append) == serving_base_image
+    assert ensure_base_image(docker_client, log=messages.append) == base_image
     assert all(m.startswith("reusing ") for m in messages), messages
 
 
