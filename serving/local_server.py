@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -133,6 +135,22 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # _serve logs one line per request, with its duration
 
 
+def reuse_freed_memory() -> None:
+    """Let big request buffers reuse freed memory instead of fresh pages from the kernel.
+
+    A 20 MB pixel body goes through ~100 MB of short-lived buffers. glibc gives each from its own
+    mmap and returns it on free, so every request page-faults through all of it again (~50 ms,
+    a third of the parse). Raising the mmap and trim thresholds keeps them in the reused heap.
+    No-op where malloc isn't glibc's.
+    """
+    libc_path = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc_path), "mallopt", None) if libc_path else None
+    if mallopt is not None:
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> constants
+        mallopt(m_mmap_threshold, 1 << 30)
+        mallopt(m_trim_threshold, 1 << 30)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving.local_server",
@@ -187,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             args.rest_api_port,
         )
 
+    reuse_freed_memory()
     # Imported here so that --help is instant: TensorFlow takes seconds to import.
     from serving.model import ModelDirError, ServedModel
     from serving.rest_api import RestApi
