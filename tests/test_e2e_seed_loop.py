@@ -1,7 +1,5 @@
 """The seed's whole loop, end to end: model -> serving image -> registry -> container -> client.
 
-(Below it, quick tests of the serving base image's recipe: its apt source, content keys, contract.)
-
 What a user does by hand in the seed ("test the custom server"), on real parts: build_image.py
 packages a model onto the serving base image and pushes it to a local registry; the image is
 pulled back by the printed digest and run as uid 1000 with host networking, as a cluster would
@@ -11,6 +9,7 @@ by default and switch from {"b64"} to pixels by itself, from the model's metadat
 
 The base image (image_builder.base_image: tensorflow/serving's contract, the project's local
 server inside) is built on the first run on a machine (a few minutes) and reused afterwards.
+Quick tests of its recipe (apt source, content keys, contract) are at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from docker.models.containers import Container
 from PIL import Image
 
 from image_builder.base_image import (
@@ -66,6 +66,10 @@ def build_and_push(model_dir: Path, base_image: str, registry: LocalRegistry, ta
     return json.loads(proc.stdout)
 
 
+def logs(container: Container) -> str:
+    return container.logs().decode(errors="replace")[-4000:]
+
+
 @contextmanager
 def serving_container(client: docker.DockerClient, image: str) -> Iterator[int]:
     """Run `image` as a cluster would (uid 1000, no root); yield its REST port; always remove it.
@@ -94,10 +98,6 @@ def serving_container(client: docker.DockerClient, image: str) -> Iterator[int]:
         container.remove(force=True)
 
 
-def logs(container) -> str:
-    return container.logs().decode(errors="replace")[-4000:]
-
-
 def serve_and_detect(
     client: docker.DockerClient, cleanup: DockerCleanup, pushed: dict, out_dir: Path
 ) -> dict:
@@ -113,13 +113,10 @@ def serve_and_detect(
         )
         assert status.returncode == 0, status.stdout + status.stderr
         output_json = out_dir / "out_image1.json"
+        server_url = f"http://localhost:{port}/v1/models/{MODEL_NAME}:predict"
         # The seed's command line, only the port differs.
         predict = run(
-            *(
-                "client.py",
-                "--server_url",
-                f"http://localhost:{port}/v1/models/{MODEL_NAME}:predict",
-            ),
+            *("client.py", "--server_url", server_url),
             *("--image_path", IMAGE1, "--output_json", output_json),
             *("--save_output_image", "True", "--label_map", SHARED_LABELS),
         )
