@@ -352,7 +352,8 @@ def predict_many(
         def show(record: dict[str, Any], tally: BatchTally) -> None:
             if record["status"] == "error":
                 error, name = record["error"], record["input"]
-                message = error if name in error else f"{name}: {error}"
+                message = error.splitlines()[0]  # the summary has all of it
+                message = message if name in message else f"{name}: {message}"
                 progress.write(f"failed: {message}", sys.stderr)
             counts = {"ok": tally.ok, "failed": tally.error, "skipped": tally.skipped}
             progress.set_postfix(counts, refresh=False)

@@ -6,12 +6,18 @@ displayed. So the model must see the displayed image: EXIF orientation applied, 
 For models that take encoded bytes the file goes as it is whenever the server's decoder
 would produce exactly those pixels; otherwise (EXIF-rotated, CMYK, 16-bit, transparency,
 formats other than JPEG/PNG) our RGB image is re-encoded, so boxes still land right.
+Such a file need not even be decoded here (`load_image(..., decode=False)`): its pixels are
+decoded only if something asks for them (drawing the boxes), which saves the client most of
+its work per photo when many photos go to a model that takes encoded bytes.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +36,25 @@ class ImageError(ValueError):
 @dataclass(frozen=True)
 class LoadedImage:
     path: Path
-    image: Image.Image  # 8-bit RGB, upright (EXIF orientation applied)
     file_bytes: bytes
     file_format: str  # JPEG, PNG, ... as Pillow names it
     file_mode: str  # the file's own mode: RGB, L, P, RGBA, CMYK, I;16...
     orientation: int  # EXIF orientation tag; 1 means upright
+    size: tuple[int, int]  # (width, height) as displayed
+    decoded: Image.Image | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """8-bit RGB, upright (EXIF orientation applied); decoded on first use if need be."""
+        return self.decoded if self.decoded is not None else _decode(self.path, self.file_bytes)
 
     @property
     def width(self) -> int:
-        return self.image.width
+        return self.size[0]
 
     @property
     def height(self) -> int:
-        return self.image.height
+        return self.size[1]
 
     def pixels(self) -> np.ndarray:
         """(height, width, 3) uint8 array, for models that take pixels."""
@@ -65,8 +77,13 @@ class LoadedImage:
         return buffer.getvalue()
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Read and normalize an image file; raises ImageError with a reason a user can act on."""
+def load_image(path: str | Path, decode: bool = True) -> LoadedImage:
+    """Read and normalize an image file; raises ImageError with a reason a user can act on.
+
+    decode=False reads only the header of a file that can be sent as it is (its pixels are
+    decoded on first use): broken image data then shows only when the pixels are needed, or
+    as the server's error.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -74,18 +91,32 @@ def load_image(path: str | Path) -> LoadedImage:
         raise ImageError(f"image not found: {path}") from None
     except OSError as exc:
         raise ImageError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    with _opened(path, data) as opened:
+        orientation = int(opened.getexif().get(ExifTags.Base.Orientation, 1) or 1)
+        header = (path, data, opened.format or "", opened.mode, orientation)
+        undecoded = LoadedImage(*header, opened.size)
+        if not decode and undecoded.sent_as_is:
+            return undecoded
+    rgb = _decode(path, data)
+    return LoadedImage(*header, rgb.size, rgb)
+
+
+@contextmanager
+def _opened(path: Path, data: bytes) -> Iterator[Image.Image]:
+    """Image.open with Pillow's errors turned into ImageErrors that name the file."""
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            opened.load()
-            orientation = int(opened.getexif().get(ExifTags.Base.Orientation, 1) or 1)
-            upright = ImageOps.exif_transpose(opened)
-            rgb = to_rgb(upright)
-            file_format, file_mode = opened.format or "", opened.mode
+            yield opened
     except UnidentifiedImageError:
         raise ImageError(f"{path} is not an image (JPEG, PNG, ... expected)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path}: broken or truncated image data ({exc})") from None
-    return LoadedImage(path, rgb, data, file_format, file_mode, orientation)
+
+
+def _decode(path: Path, data: bytes) -> Image.Image:
+    with _opened(path, data) as opened:
+        opened.load()
+        return to_rgb(ImageOps.exif_transpose(opened))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

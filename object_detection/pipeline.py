@@ -109,7 +109,7 @@ def detect(
     metadata = client.metadata()
     signature = metadata.signature(options.signature_name)
     encoding = choose_encoding(signature.image_input, options.encoding)
-    image = load_image(image_path)
+    image = load_image(image_path, decode=encoding != "b64")  # b64: pixels only to draw
     loaded = time.perf_counter()
 
     body, sent_size = request_body(image, encoding, signature.name, options.max_side)
@@ -152,7 +152,7 @@ def request_body(
     on the original picture all the same. b64 sends the file's bytes as they are.
     """
     if encoding == "b64":
-        return b64_request(image.encoded(), signature_name), image.image.size
+        return b64_request(image.encoded(), signature_name), image.size
     picture = image.image
     if max_side and max(picture.size) > max_side:
         picture = ImageOps.contain(picture, (max_side, max_side), Image.Resampling.BILINEAR)

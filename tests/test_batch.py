@@ -21,7 +21,7 @@ from PIL import Image
 
 from object_detection.batch import SUMMARY_NAME, iter_inputs
 from object_detection.cli import cli
-from object_detection.images import load_image
+from object_detection.images import ImageError, load_image
 from object_detection.pipeline import request_body
 from tests.conftest import IMAGE1, IMAGE2, ROOT
 from tests.test_client import LEFT_DOG, RIGHT_DOG
@@ -103,6 +103,37 @@ def test_folder_with_bad_images(pixel_server, tmp_path):
     assert ok["detections"] == len(second["detections"]) and ok["ms"] > 0
     # Bad files are refused before any request: only the three good ones reached the server.
     assert wait_for_requests(pixel_server, before + 3) == before + 3
+
+
+def test_b64_photos_are_not_decoded_and_broken_ones_get_the_servers_error(encoded_server, tmp_path):
+    folder, out = tmp_path / "photos", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(IMAGE1, folder / "good.jpg")
+    # The header is whole, the compressed data cut short: only a decoder can tell.
+    (folder / "cut.jpg").write_bytes(IMAGE1.read_bytes()[:60_000])
+    assert load_image(folder / "cut.jpg", decode=False).size == (1024, 636)
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(folder / "cut.jpg")
+
+    result = run("--server_url", encoded_server.predict_url, folder, "--output_dir", out)
+    assert result.exit_code == 1
+    records = {Path(r["input"]).name: r for r in summary(out)}
+    assert records["good.jpg"]["status"] == "ok"
+    assert records["cut.jpg"]["error_kind"] == "ServerError"
+    assert "HTTP 400" in records["cut.jpg"]["error"]
+    assert "failed: " in result.stderr and "\t" not in result.stderr  # one line per failure
+
+
+def test_undecoded_image_decodes_on_first_use(tmp_path):
+    lazy, eager = load_image(IMAGE1, decode=False), load_image(IMAGE1)
+    assert lazy.decoded is None and lazy.sent_as_is and lazy.size == eager.size
+    assert np.array_equal(lazy.pixels(), eager.pixels())
+    # A file that b64 must re-encode (here: EXIF says rotate) is decoded at once.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(IMAGE1).save(tmp_path / "rotated.jpg", exif=exif)
+    rotated = load_image(tmp_path / "rotated.jpg", decode=False)
+    assert rotated.decoded is not None and rotated.size == (636, 1024)
 
 
 def test_resume_sends_no_request_for_done_images(encoded_server, tmp_path):
