@@ -135,6 +135,52 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # _serve logs one line per request, with its duration
 
 
+class VersionWatcher(threading.Thread):
+    """Serves a new latest version once it appears under the base path, like TF Serving's file
+    system polling: the new version is loaded beside the old, then takes over for new requests
+    (requests in flight finish on the old one)."""
+
+    def __init__(self, api, base_path: Path, interval_s: float) -> None:
+        super().__init__(name="version-watcher", daemon=True)
+        self.api, self.base_path, self.interval_s = api, base_path, interval_s
+        self.stopped = threading.Event()
+        self._failed_version: int | None = None
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            self.poll()
+
+    def poll(self) -> None:
+        from serving.model import ServedModel
+        from serving.model_dirs import ModelDirError, latest_version
+
+        current = self.api.model
+        try:
+            version, path = latest_version(self.base_path)
+        except ModelDirError:
+            return  # the base path is being rewritten: keep serving what is loaded
+        if version in (current.version, self._failed_version):
+            return
+        log.info("Loading servable version {name: %s version: %d}", current.name, version)
+        try:
+            model = ServedModel.load_version(current.name, version, path)
+        except Exception:  # any broken SavedModel: say so once, keep serving the old version
+            log.exception(
+                "Loading servable version %d failed; still serving version %d",
+                version,
+                current.version,
+            )
+            self._failed_version = version
+            return
+        self.api.model = model
+        log.info(
+            "Successfully loaded servable version {name: %s version: %d}; unloaded version %d",
+            model.name,
+            model.version,
+            current.version,
+        )
+
+
 def reuse_freed_memory() -> None:
     """Let big request buffers reuse freed memory instead of fresh pages from the kernel.
 
@@ -174,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=30000,
         help="deadline of a model call; past it the request gets 504 (<= 0: no deadline)",
+    )
+    parser.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=int,
+        default=1,
+        help="how often to look for a new version under the base path (<= 0: never)",
     )
     parser.add_argument(
         "--port", type=int, default=None, help="gRPC port of tensorflow_model_server: NOT served"
@@ -237,10 +289,16 @@ def main(argv: list[str] | None = None) -> int:
         # shutdown() waits for serve_forever() to return, so it can't run in this (main) thread.
         threading.Thread(target=server.stop, name="stop").start()
 
+    watcher = None
+    if args.file_system_poll_wait_seconds > 0:
+        watcher = VersionWatcher(api, args.model_base_path, args.file_system_poll_wait_seconds)
+        watcher.start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("Exporting HTTP/REST API at:%s:%d ...", args.rest_api_host, server.server_address[1])
     server.serve_forever()
+    if watcher is not None:
+        watcher.stopped.set()
     server.server_close()  # joins the connection threads
     executor.shutdown(wait=True)
     log.info("stopped")

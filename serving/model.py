@@ -56,7 +56,11 @@ class ServedModel:
 
     @classmethod
     def load(cls, name: str, base_path: Path) -> ServedModel:
-        version, path = latest_version(base_path)
+        """The latest version under a model base path."""
+        return cls.load_version(name, *latest_version(base_path))
+
+    @classmethod
+    def load_version(cls, name: str, version: int, path: Path) -> ServedModel:
         meta_graph = _serving_meta_graph(path)
         loaded = tf.saved_model.load(os.fspath(path), tags=[SERVE_TAG])
         return cls(name, version, path, meta_graph, dict(loaded.signatures), loaded)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import unquote
@@ -23,6 +22,7 @@ from serving.model import ServedModel
 
 log = logging.getLogger(__name__)
 
+API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _SPEC = r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 PREDICT_PATH = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
 STATUS_PATH = re.compile(
@@ -40,12 +40,10 @@ class RestApi:
         model: ServedModel,
         executor: Executor,
         timeout_ms: int = 30000,
-        version_labels: Mapping[str, int] | None = None,
     ) -> None:
-        self.model = model
+        self.model = model  # replaced as a whole when a new version is loaded
         self.executor = executor
         self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
-        self.version_labels = dict(version_labels or {})
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         try:
@@ -57,15 +55,18 @@ class RestApi:
             return 500, json_tensor.error_json(f"Internal error: {type(e).__name__}: {e}")
 
     def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+        if not API_PATH.fullmatch(path):
+            # TF Serving has no handler there: a bare 404 (we still answer in its JSON form).
+            raise not_found(f"Not found: {path}; the REST API is under /v1/models/")
         malformed = invalid_argument(f"Malformed request: {method} {path}")
+        model = self.model  # one version for the whole request, even if a new one comes in
         if method == "POST":
             match = PREDICT_PATH.fullmatch(path)
             if not match:
                 raise malformed
             name, version, label, verb = match.groups()
-            version_number = self._resolve(name, version, label)
             if verb == "predict":
-                return self._predict(name, version_number, body)
+                return self._predict(model, unquote(name), _version(version), label, body)
             if verb in ("classify", "regress"):
                 raise ServingError(
                     "UNIMPLEMENTED",
@@ -79,46 +80,18 @@ class RestApi:
             name, version, label, subresource = match.groups()
             if not name:
                 raise invalid_argument("Missing model name in request.")
-            version_number = self._resolve(name, version, label)
             if subresource == "metadata":
-                self._servable(unquote(name), version_number)
-                return _pretty(self.model.metadata_json())
-            return self._status(unquote(name), version_number)
+                servable = _servable(model, unquote(name), _version(version), label)
+                return _pretty(servable.metadata_json())
+            # GetModelStatus ignores labels: with one, it reports every version.
+            return _status(model, unquote(name), _version(version))
         raise malformed
 
-    def _resolve(self, name: str, version: str | None, label: str | None) -> int | None:
-        """ParseModelInfo: the requested version number (None = latest)."""
-        if version is not None:
-            number = int(version)
-            if number > _INT64_MAX:
-                raise invalid_argument(f"Failed to convert version: {version} to numeric.")
-            return number
-        if label is not None:
-            label = unquote(label)
-            if unquote(name) != self.model.name or label not in self.version_labels:
-                raise invalid_argument(f"Unrecognized servable version label: {label}")
-            return self.version_labels[label]
-        return None
-
-    def _servable(self, name: str, version: int | None) -> ServedModel:
-        """ServerCore::GetServableHandle: the loaded model, or NOT_FOUND as TF Serving words it."""
-        if name != self.model.name or (version is not None and version != self.model.version):
-            request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise not_found(f"Servable not found for request: {request}")
-        return self.model
-
-    def _status(self, name: str, version: int | None) -> bytes:
-        if name != self.model.name:
-            raise not_found(f"Could not find any versions of model {name}")
-        if version is not None and version != self.model.version:
-            raise not_found(f"Could not find version {version} of model {name}")
-        return _pretty(self.model.status_json())
-
-    def _predict(self, name: str, version: int | None, body: bytes) -> bytes:
-        name = unquote(name)
-
+    def _predict(
+        self, model: ServedModel, name: str, version: int | None, label: str | None, body: bytes
+    ) -> bytes:
         def lookup_inputs(signature_name: str) -> dict[str, str]:
-            return self._servable(name, version).input_dtypes(signature_name)
+            return _servable(model, name, version, label).input_dtypes(signature_name)
 
         # The common big request (one numeric tensor) is parsed with numpy; anything else, and
         # every error, goes through the general path, which words errors as TF Serving does.
@@ -134,22 +107,56 @@ class RestApi:
                     f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
                 )
             fmt, tensors = json_tensor.request_tensors(doc, inputs)
-        outputs = self._run_with_deadline(signature_name, tensors)
+        outputs = self._run_with_deadline(model, signature_name, tensors)
         return json_tensor.tensors_to_json(outputs, fmt)
 
     def _run_with_deadline(
-        self, signature_name: str, tensors: dict[str, np.ndarray]
+        self, model: ServedModel, signature_name: str, tensors: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
         """The model call, bounded by --rest_api_timeout_in_ms like TF Serving's RunOptions.
 
         A call past the deadline is answered with DEADLINE_EXCEEDED (504); TensorFlow can't
         cancel it, so it finishes in the background and its result is dropped.
         """
-        future = self.executor.submit(self.model.run, signature_name, tensors)
+        future = self.executor.submit(model.run, signature_name, tensors)
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
             raise ServingError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
+
+
+def _version(version: str | None) -> int | None:
+    """ParseModelInfo: the requested version number (None = latest)."""
+    if version is None:
+        return None
+    if int(version) > _INT64_MAX:
+        raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+    return int(version)
+
+
+def _servable(
+    model: ServedModel, name: str, version: int | None, label: str | None = None
+) -> ServedModel:
+    """ServerCore::GetServableHandle: the loaded model, or NOT_FOUND as TF Serving words it.
+
+    No version labels are configured (TF Serving sets them in a model config file), so any label
+    gets TF Serving's answer for an unknown one.
+    """
+    if label is not None:
+        raise invalid_argument(f"Unrecognized servable version label: {unquote(label)}")
+    if name != model.name or (version is not None and version != model.version):
+        request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+        raise not_found(f"Servable not found for request: {request}")
+    return model
+
+
+def _status(model: ServedModel, name: str, version: int | None) -> bytes:
+    """GetModelStatus: only the loaded version is known (others were never loaded)."""
+    if name != model.name:
+        raise not_found(f"Could not find any versions of model {name}")
+    if version is not None and version != model.version:
+        raise not_found(f"Could not find version {version} of model {name}")
+    return _pretty(model.status_json())
 
 
 def _pretty(document: dict) -> bytes:

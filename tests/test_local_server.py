@@ -53,7 +53,7 @@ def assert_error(response: requests.Response, status: int, fragment: str) -> Non
 # ---- status and metadata ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("suffix", ["", "/versions/1"])
+@pytest.mark.parametrize("suffix", ["", "/versions/1", "/labels/stable"])
 def test_status_is_tf_servings_document(pixel_server, suffix: str) -> None:
     response = requests.get(pixel_server.model_url + suffix)
     assert response.status_code == 200
@@ -219,6 +219,9 @@ ERRORS = [
         400,
         "Unrecognized servable version label: stable",
     ),
+    ("GET", "/labels/stable/metadata", None, 400, "Unrecognized servable version label: stable"),
+    # TF Serving parses the body before it resolves a label.
+    ("POST", "/labels/stable:predict", b"{", 400, "JSON Parse error"),
     ("POST", ":explode", {"instances": [1]}, 400, "Malformed request: POST /v1/models/"),
     ("GET", ":predict", None, 400, "Malformed request: GET /v1/models/"),
     ("PUT", "", {"instances": [1]}, 400, "Malformed request: PUT /v1/models/"),
@@ -251,6 +254,8 @@ def test_errors_have_tf_servings_status_and_body(
         ("GET", "/v1/models/nope", 404, "Could not find any versions of model nope"),
         ("GET", "/v1/models/nope/metadata", 404, "Servable not found for request: Latest(nope)"),
         ("GET", "/v1/models", 400, "Missing model name in request."),
+        ("GET", "/v2/models/ssd_mobilenet_v1_coco", 404, "Not found: /v2/models/"),
+        ("GET", "/", 404, "the REST API is under /v1/models/"),
         (
             "GET",
             "/v1/models/ssd_mobilenet_v1_coco/versions/99999999999999999999",

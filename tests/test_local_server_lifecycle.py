@@ -85,6 +85,37 @@ def test_latest_numeric_version_is_served(tmp_path) -> None:
         assert server.stop(signal.SIGINT) == 0  # Ctrl-C is a clean stop too
 
 
+def wait_for_version(server: LocalServer, version: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = requests.get(server.model_url).json()
+        if status["model_version_status"][0]["version"] == version:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"version {version} not served after {timeout} s:\n{server.stderr()}")
+
+
+def test_a_new_version_dir_is_picked_up_while_serving(tmp_path) -> None:
+    (tmp_path / "1").symlink_to(ENCODED_MODEL / "1")
+    with LocalServer(
+        tmp_path, model_name="polled", extra_args=["--file_system_poll_wait_seconds=1"]
+    ) as server:
+        wait_for_version(server, "1")
+        broken = tmp_path / "3"
+        broken.mkdir()
+        (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+        time.sleep(2.5)  # a broken new version is reported and the old one kept
+        assert "Loading servable version 3 failed; still serving version 1" in server.stderr()
+        assert requests.post(server.predict_url, json=b64_request(IMAGE1)).status_code == 200
+
+        (tmp_path / "4").symlink_to(ENCODED_MODEL / "1")
+        wait_for_version(server, "4")
+        assert requests.post(server.predict_url, json=b64_request(IMAGE1)).status_code == 200
+        old = requests.post(server.model_url + "/versions/1:predict", json=b64_request(IMAGE1))
+        assert old.status_code == 404
+        assert "unloaded version 1" in server.stderr()
+
+
 def test_request_past_the_rest_timeout_is_a_504() -> None:
     with LocalServer(
         ENCODED_MODEL, model_name="slow", extra_args=["--rest_api_timeout_in_ms=1"]
