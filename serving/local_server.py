@@ -124,15 +124,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":  # a HEAD answer has the headers of the body, not the body
+            self.wfile.write(payload)
         log.info(
             "%s %s %d %.1f ms", self.command, self.path, status, (time.perf_counter() - start) * 1e3
         )
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _serve
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _serve
 
     def log_request(self, code="-", size="-") -> None:
         pass  # _serve logs one line per request, with its duration
+
+    def log_message(self, format: str, *args) -> None:
+        log.warning("%s: %s", self.address_string(), format % args)  # e.g. a garbled request
 
 
 class VersionWatcher(threading.Thread):

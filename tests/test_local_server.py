@@ -325,3 +325,10 @@ def test_each_request_is_logged_with_status_and_duration(encoded_server) -> None
     assert "GET /v1/models/ssd_mobilenet_v1_coco_encoded/versions/424242 404" in (
         encoded_server.stderr()
     )
+
+
+def test_head_is_a_malformed_request_answered_without_a_body(pixel_server) -> None:
+    response = requests.head(pixel_server.model_url)
+    assert response.status_code == 400  # TF Serving serves GET and POST only
+    assert response.content == b""
+    assert int(response.headers["Content-Length"]) > 0
