@@ -44,9 +44,15 @@ CONTAINER_PREFIX = "tfs-sidecar-e2e-"
 
 
 @pytest.fixture(scope="module")
-def serving_base_image(docker_client: docker.DockerClient) -> str:
-    """Built once per machine and kept: it is a cache, like a pulled tensorflow/serving."""
-    return ensure_base_image(docker_client)
+def serving_base_image(docker_client: docker.DockerClient, pytestconfig: pytest.Config) -> str:
+    """Built once per machine and kept: it is a cache, like a pulled tensorflow/serving.
+
+    Its progress goes straight to the terminal: the first build is minutes of CI log otherwise
+    silent.
+    """
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        return ensure_base_image(docker_client)
 
 
 def run(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
