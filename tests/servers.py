@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tfserving.spec import ServerSpec
+
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
@@ -59,16 +61,21 @@ class LocalServer:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
 
     @property
+    def spec(self) -> ServerSpec:
+        """The served model as the client library names it (and builds its URLs)."""
+        return ServerSpec.from_parts(HOST, self.port, self.model_name)
+
+    @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return self.spec.base_url
 
     @property
     def model_url(self) -> str:
-        return f"{self.base_url}/v1/models/{self.model_name}"
+        return self.spec.model_url
 
     @property
     def predict_url(self) -> str:
-        return f"{self.model_url}:predict"
+        return self.spec.predict_url
 
     @property
     def command(self) -> list[str]:
