@@ -116,7 +116,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         start = time.perf_counter()
-        status, payload = self.server.api.handle(self.command, self.path, self._read_body())
+        try:
+            body = self._read_body()
+        except ValueError:  # a Content-Length or chunk size that is not a number
+            status, payload = 400, b'{"error": "Malformed request: bad body length"}'
+            self.close_connection = True  # where the next request starts is unknown
+        else:
+            status, payload = self.server.api.handle(self.command, self.path, body)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -332,3 +333,14 @@ def test_head_is_a_malformed_request_answered_without_a_body(pixel_server) -> No
     assert response.status_code == 400  # TF Serving serves GET and POST only
     assert response.content == b""
     assert int(response.headers["Content-Length"]) > 0
+
+
+def test_a_garbled_body_length_is_a_400(pixel_server) -> None:
+    with socket.create_connection(("127.0.0.1", pixel_server.port)) as conn:
+        conn.sendall(
+            b"POST /v1/models/ssd_mobilenet_v1_coco:predict HTTP/1.1\r\n"
+            b"Host: x\r\nContent-Length: lots\r\n\r\n{}"
+        )
+        response = conn.makefile("rb").read()
+    assert response.startswith(b"HTTP/1.1 400")
+    assert b'"error"' in response
