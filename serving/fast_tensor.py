@@ -42,45 +42,43 @@ from serving.json_tensor import NUMPY_DTYPES, RequestFormat
 
 _WHITESPACE = b" \t\n\r"
 
-# Character classes (one byte each, so a pair fits in a byte: first << 4 | second).
-_OTHER, _OPEN, _CLOSE, _COMMA, _DIGIT, _ZERO, _MINUS, _PLUS, _DOT, _EXP = range(10)
-_CLASSES = bytearray(256)  # everything else: _OTHER
-for _char, _cls in {b"[": _OPEN, b"]": _CLOSE, b",": _COMMA, b"0": _ZERO, b"-": _MINUS}.items():
-    _CLASSES[_char[0]] = _cls
-for _char in b"123456789":
-    _CLASSES[_char] = _DIGIT
-_CLASSES[ord("+")], _CLASSES[ord(".")] = _PLUS, _DOT
-_CLASSES[ord("e")] = _CLASSES[ord("E")] = _EXP
+# Character classes, one byte each so that a pair fits in a byte (first << 4 | second). Digits
+# keep their value, so numbers can be read from the classes too.
+_OPEN, _CLOSE, _COMMA, _MINUS, _POINT, _OTHER = range(10, 16)  # _POINT: "." or an exponent mark
+_CLASSES = bytearray([_OTHER] * 256)  # "+" too: "1e+5" is rare enough to leave to json
+_CLASSES[ord("0") : ord("9") + 1] = range(10)
+for _char, _class in {"[": _OPEN, "]": _CLOSE, ",": _COMMA, "-": _MINUS}.items():
+    _CLASSES[ord(_char)] = _class
+_CLASSES[ord(".")] = _CLASSES[ord("e")] = _CLASSES[ord("E")] = _POINT
 _CLASSES = bytes(_CLASSES)
-_NUMBER_CLASSES = bytes([_DIGIT, _ZERO, _MINUS, _PLUS, _DOT, _EXP])
+_DIGITS = tuple(range(10))
+_NUMBER_CLASSES = bytes([*_DIGITS, _MINUS, _POINT])
 
-# What may follow each class inside a dense numeric JSON array (whitespace removed).
-_DIGITS = (_DIGIT, _ZERO)
+# What may follow each class inside a dense numeric JSON array (whitespace removed). "1.-5" gets
+# through here ("." and "e" share a class) but not through numpy.fromstring.
 _FOLLOWERS = {
     _OPEN: (_OPEN, *_DIGITS, _MINUS),
     _CLOSE: (_CLOSE, _COMMA),
     _COMMA: (_OPEN, *_DIGITS, _MINUS),
-    _DIGIT: (*_DIGITS, _COMMA, _CLOSE, _DOT, _EXP),
-    _ZERO: (*_DIGITS, _COMMA, _CLOSE, _DOT, _EXP),  # "0" then a digit: checked for leading zero
+    **{digit: (*_DIGITS, _COMMA, _CLOSE, _POINT) for digit in _DIGITS},
     _MINUS: _DIGITS,
-    _PLUS: _DIGITS,
-    _DOT: _DIGITS,
-    _EXP: (*_DIGITS, _MINUS, _PLUS),
+    _POINT: (*_DIGITS, _MINUS),
 }
-# Each pair of classes (first << 4 | second) maps to a flag byte, so one bytes.translate flags all
-# pairs, a byte search finds a bad one, and numpy finds the few patterns spanning two pairs.
-_OK, _BAD, _SEP_ZERO, _SEP_MINUS, _MINUS_ZERO, _DIGIT_PAIR = range(6)
+# Each pair of classes maps to a flag byte, so one bytes.translate flags all pairs, a byte search
+# finds a bad one, and numpy finds the numbers' ends and the patterns spanning two pairs.
+_OK, _BAD, _SEP_ZERO, _SEP_MINUS, _MINUS_ZERO, _DIGIT_PAIR, _END = range(7)
 _PAIR_FLAGS = bytearray([_BAD] * 256)
 for _first, _seconds in _FOLLOWERS.items():
     for _second in _seconds:
         _PAIR_FLAGS[_first << 4 | _second] = _OK
 for _sep in (_OPEN, _COMMA):
-    _PAIR_FLAGS[_sep << 4 | _ZERO] = _SEP_ZERO
+    _PAIR_FLAGS[_sep << 4 | 0] = _SEP_ZERO
     _PAIR_FLAGS[_sep << 4 | _MINUS] = _SEP_MINUS
-_PAIR_FLAGS[_MINUS << 4 | _ZERO] = _MINUS_ZERO
+_PAIR_FLAGS[_MINUS << 4 | 0] = _MINUS_ZERO
 for _first in _DIGITS:
     for _second in _DIGITS:
         _PAIR_FLAGS[_first << 4 | _second] = _DIGIT_PAIR
+    _PAIR_FLAGS[_first << 4 | _COMMA] = _PAIR_FLAGS[_first << 4 | _CLOSE] = _END
 _PAIR_FLAGS = bytes(_PAIR_FLAGS)
 # Ten digits in a row: a number that may not fit int32 (9 digits always do).
 _TEN_DIGITS = bytes([_DIGIT_PAIR] * 9)
@@ -178,16 +176,52 @@ def parse_numeric_array(array: bytes, dtype: str) -> np.ndarray | None:
     floats = b"." in array or b"e" in array or b"E" in array
     if floats and dtype in _INT_DTYPES:
         return None  # a type error: the general path says so
-    parse_as = _parse_dtype(dtype, floats, long_numbers=_TEN_DIGITS in flags)
-    try:
-        values = np.fromstring(array.translate(_BLANK_BRACKETS), dtype=parse_as, sep=",")
-    except ValueError:
-        return None  # something between two commas is not exactly one number
-    if values.size != math.prod(shape):
+    values = None
+    if not floats and dtype not in _INT_RANGES and not any(ws in array for ws in _WHITESPACE):
+        values = _read_integers(classes, flags, negatives)
+    if values is None:
+        parse_as = _parse_dtype(dtype, floats, long_numbers=_TEN_DIGITS in flags)
+        values = _read_numbers(array.translate(_BLANK_BRACKETS), parse_as)
+    if values is None or values.size != math.prod(shape):
         return None
     if values.size and not _in_range(values, dtype):
         return None
     return values.reshape(shape).astype(NUMPY_DTYPES[dtype], copy=False)
+
+
+def _read_numbers(text: bytes, dtype: type) -> np.ndarray | None:
+    """The comma-separated numbers of `text`; None if a field isn't exactly one number."""
+    try:
+        return np.fromstring(text, dtype=dtype, sep=",")
+    except ValueError:
+        return None
+
+
+def _read_integers(classes: bytes, flags: bytearray, negatives: bool) -> np.ndarray | None:
+    """The integers of a checked array that had no whitespace, as int32, from its classes.
+
+    Each number ends at a (digit, separator) pair; its value is summed digit by digit leftwards
+    while the pairs are (digit, digit). Faster than numpy.fromstring, but only without
+    whitespace: "[1 2]" would read as 12. None for a number of 10 digits or more.
+    """
+    digits, pairs = np.frombuffer(classes, dtype=np.uint8), np.frombuffer(flags, dtype=np.uint8)
+    ends = np.flatnonzero(pairs == _END)
+    values = digits[ends].astype(np.int32)
+    lengths = np.ones(ends.size, dtype=np.int32)
+    more = np.ones(ends.size, dtype=bool)
+    for place in range(1, 10):
+        # mode="clip": a number at the very start looks left of the array; clipped, it sees "[".
+        more &= np.take(pairs, ends - place, mode="clip") == _DIGIT_PAIR
+        if not more.any():
+            break
+        values += np.take(digits, ends - place, mode="clip") * more * np.int32(10**place)
+        lengths += more
+    else:
+        return None
+    if negatives:
+        signs = np.take(digits, ends - lengths, mode="clip") == _MINUS
+        np.negative(values, out=values, where=signs)
+    return values
 
 
 def _parse_dtype(dtype: str, floats: bool, long_numbers: bool) -> type:
