@@ -1,6 +1,7 @@
 """Benchmark: a folder of photos through the local server, the seed's way against ours.
 
-    .venv/bin/python -m benchmarks.bench_batch [--copies 16] [--repeats 15] [--rss-images 500]
+    .venv/bin/python -m benchmarks.bench_batch [--copies 16] [--rounds 3] [--repeats 15]
+                                               [--rss-images 500]
 
 All in one run, on the 2-core machine where the server and the client share the CPU:
 
@@ -12,7 +13,7 @@ All in one run, on the 2-core machine where the server and the client share the 
      --output_dir OUT --workers N`) with --workers 1 and 4, on the pixel model and on the
      model re-exported by `python -m serving.reexport` (b64 JPEG bytes).
    Both sides run in this process (no interpreter start-up on either side) after one
-   warm-up request to the server.
+   warm-up request to each server; each way runs once per round, medians of --rounds (3).
 2. b64 end to end against the pure model call, per photo (median of --repeats, alternated so
    machine load hits both alike): the pure call is the re-exported SavedModel called in this
    process on the JPEG bytes; end to end is `detect()` (file read and checked, b64 body, HTTP,
@@ -29,6 +30,7 @@ Exit code 0 only when every target is met.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -119,21 +121,27 @@ def warm_up(server: LocalServer) -> None:
         detect(client, IMAGE1, load_label_map(SHARED_LABELS))
 
 
-def folder_runs(work: Path, folder: Path, jpeg_base: Path) -> list[tuple[str, float]]:
-    rows = []
-    with LocalServer(PIXEL_MODEL, model_name=MODEL) as server:
-        warm_up(server)
-        rows.append(("seed-style, pixel model", seed_style(folder, server.predict_url,
-                                                             work / "seed")))  # fmt: skip
-        for workers in (1, 4):
-            seconds = ours(folder, server, work / f"pixel_w{workers}", workers)
-            rows.append((f"ours --workers {workers}, pixel model", seconds))
-    with LocalServer(jpeg_base, model_name=MODEL) as server:
-        warm_up(server)
-        for workers in (1, 4):
-            seconds = ours(folder, server, work / f"jpeg_w{workers}", workers)
-            rows.append((f"ours --workers {workers}, re-exported model (b64)", seconds))
-    return rows
+def folder_runs(work: Path, folder: Path, jpeg_base: Path, rounds: int) -> dict[str, float]:
+    """Median seconds of each way over `rounds` rounds; in each round every way runs once, so
+    that other load on the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {}
+    with (
+        LocalServer(PIXEL_MODEL, model_name=MODEL) as pixel,
+        LocalServer(jpeg_base, model_name=MODEL) as jpeg,
+    ):
+        ways: dict[str, Callable[[Path], float]] = {
+            "seed-style, pixel model": lambda out: seed_style(folder, pixel.predict_url, out),
+        }
+        for server, model in ((pixel, "pixel model"), (jpeg, "re-exported model (b64)")):
+            warm_up(server)
+            for workers in (1, 4):
+                ways[f"ours --workers {workers}, {model}"] = functools.partial(
+                    ours, folder, server, workers=workers
+                )
+        for round_ in range(rounds):
+            for index, (name, run) in enumerate(ways.items()):
+                times.setdefault(name, []).append(run(work / f"out_{round_}_{index}"))
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
 def b64_against_model(jpeg_base: Path, repeats: int) -> list[tuple[str, float, float]]:
@@ -210,6 +218,7 @@ def rss_runs(work: Path, jpeg_base: Path, counts: tuple[int, ...]) -> list[tuple
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=16, help="copies of each shared photo")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each way on the folder")
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per photo (b64)")
     parser.add_argument("--rss-images", type=int, default=500)
     args = parser.parse_args()
@@ -219,13 +228,13 @@ def main() -> int:
         folder = photo_folder(work / "photos", args.copies)
         jpeg_base = reexport(work)
 
-        rows = folder_runs(work, folder, jpeg_base)
-        seed = rows[0][1]
-        timings = dict(rows)
+        timings = folder_runs(work, folder, jpeg_base, args.rounds)
+        seed = timings["seed-style, pixel model"]
         print(f"\n{2 * args.copies} photos ({args.copies} x image1.jpg 1024x636, "
-              f"{args.copies} x image2.jpg 1352x900) through the local server")  # fmt: skip
+              f"{args.copies} x image2.jpg 1352x900) through the local server, "
+              f"median of {args.rounds} rounds")  # fmt: skip
         print(f"{'':<48}{'seconds':>9}{'photos/s':>10}{'x seed':>8}")
-        for name, seconds in rows:
+        for name, seconds in timings.items():
             print(f"{name:<48}{seconds:>9.2f}{2 * args.copies / seconds:>10.1f}"
                   f"{seed / seconds:>8.1f}")  # fmt: skip
         for model, target in (("pixel model", TARGETS["pixel"]),

@@ -73,10 +73,12 @@ class BatchTally:
 
 def names_one_file(arguments: Sequence[str]) -> bool:
     """One argument that is not a directory or a glob: the single-image command."""
-    if len(arguments) != 1:
-        return False
-    path = Path(arguments[0])
-    return not path.is_dir() and (path.exists() or not glob.has_magic(arguments[0]))
+    return len(arguments) == 1 and not Path(arguments[0]).is_dir() and not _is_glob(arguments[0])
+
+
+def _is_glob(argument: str) -> bool:
+    """A pattern to expand; a file whose name happens to contain `*` or `[` is just a file."""
+    return glob.has_magic(argument) and not os.path.exists(argument)
 
 
 def iter_inputs(arguments: Sequence[str], exclude: Path | None = None) -> Iterator[BatchInput]:
@@ -102,7 +104,7 @@ def _expand(argument: str, excluded: Path | None) -> Iterator[tuple[Path, str | 
     path = Path(argument)
     if path.is_dir():
         yield from ((found, None) for found in _walk(path, excluded))
-    elif path.exists() or not glob.has_magic(argument):
+    elif not _is_glob(argument):
         yield path, None if path.exists() else f"image not found: {path}"
     else:
         matched = False
@@ -135,7 +137,7 @@ def _common_folder(arguments: Sequence[str]) -> str:
     roots = []
     for argument in arguments:
         path = Path(argument)
-        if not path.is_dir() and glob.has_magic(argument) and not path.exists():
+        if _is_glob(argument):
             fixed = []
             for part in path.parts:
                 if glob.has_magic(part):

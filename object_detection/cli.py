@@ -60,6 +60,8 @@ Examples:
       --save_output_image true --label_map data/labels.pbtxt
   # the same server named by parts; a load balancer's IP works the same way
   python client.py predict --host 34.73.137.228 --model_name ssd --image_path photo.jpg
+  # a folder (recursively) and a glob, 4 requests at a time; after a crash add --resume
+  python client.py predict --model_name ssd photos/ 'more/**/*.png' --output_dir results/
   python client.py status --model_name ssd --wait 60
   python client.py metadata --server_url http://localhost:8501/v1/models/ssd
 """
