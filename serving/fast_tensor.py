@@ -106,8 +106,8 @@ def parse_predict_request(
 ) -> ParsedRequest | None:
     """(signature name, format, {input: tensor}) for a body this module handles, else None."""
     start, end = body.find(b"["), body.rfind(b"]") + 1
-    if start < 0 or end <= start:
-        return None
+    if start < 0 or end <= start or body.find(b'"', start, end) >= 0:
+        return None  # no array, or one with strings ({"b64": ...}): not a numeric array
     head, array, tail = body[:start], body[start:end], body[end:]
     envelope = _envelope(head, tail)
     if envelope is None:
@@ -161,8 +161,6 @@ def parse_numeric_array(array: bytes, dtype: str) -> np.ndarray | None:
 
     `array` starts with "[" and ends with "]".
     """
-    if b'"' in array:
-        return None  # strings ({"b64": ...}): not a numeric array
     classes = array.translate(_CLASSES, _WHITESPACE)
     shape = _dense_shape(classes.translate(None, _NUMBER_CLASSES))
     if shape is None:
