@@ -49,7 +49,7 @@ def test_port_opens_after_load_and_sigterm_finishes_the_request_in_flight() -> N
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                 + body[:-10]
             )
-            time.sleep(0.5)
+            time.sleep(1.0)  # the server has read the request line: this request is in flight
             process.send_signal(signal.SIGTERM)
             time.sleep(1.0)
             conn.sendall(body[-10:])
@@ -95,6 +95,13 @@ def wait_for_version(server: LocalServer, version: str, timeout: float = 60.0) -
     raise AssertionError(f"version {version} not served after {timeout} s:\n{server.stderr()}")
 
 
+def wait_for_log(server: LocalServer, line: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in server.stderr():
+        assert time.monotonic() < deadline, f"no {line!r} in the log:\n{server.stderr()}"
+        time.sleep(0.2)
+
+
 def test_a_new_version_dir_is_picked_up_while_serving(tmp_path) -> None:
     (tmp_path / "1").symlink_to(ENCODED_MODEL / "1")
     with LocalServer(
@@ -104,8 +111,8 @@ def test_a_new_version_dir_is_picked_up_while_serving(tmp_path) -> None:
         broken = tmp_path / "3"
         broken.mkdir()
         (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
-        time.sleep(2.5)  # a broken new version is reported and the old one kept
-        assert "Loading servable version 3 failed; still serving version 1" in server.stderr()
+        # A broken new version is reported and the old one kept.
+        wait_for_log(server, "Loading servable version 3 failed; still serving version 1")
         assert requests.post(server.predict_url, json=b64_request(IMAGE1)).status_code == 200
 
         (tmp_path / "4").symlink_to(ENCODED_MODEL / "1")
