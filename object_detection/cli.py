@@ -158,6 +158,25 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# Options of both predict and bench: the request is built the same way for both.
+encoding_option = click.option(
+    "--encoding",
+    type=click.Choice(ENCODINGS),
+    default="auto",
+    show_default=True,
+    help="How to send the image: auto follows the model's input dtype (DT_STRING: b64 of the "
+    "file, DT_UINT8: pixel array).",
+)
+signature_option = click.option("--signature_name", default=DEFAULT_SIGNATURE, show_default=True)
+max_side_option = click.option(
+    "--max_side",
+    type=click.IntRange(min=1),
+    metavar="PIXELS",
+    help="Pixel encoding: shrink larger images to fit PIXELS x PIXELS before sending (less "
+    "JSON, faster; boxes still land on the original). b64 sends the file as it is.",
+)
+
+
 @click.group(cls=DefaultPredictGroup, epilog=EXAMPLES)
 def cli() -> None:
     """Object detection through TF Serving's REST API: JSON results and an annotated picture."""
@@ -203,28 +222,15 @@ def cli() -> None:
     help="Keep detections scoring at least this.",
 )
 @click.option("--max_boxes", type=click.IntRange(min=1), help="Keep at most this many.")
-@click.option(
-    "--encoding",
-    type=click.Choice(ENCODINGS),
-    default="auto",
-    show_default=True,
-    help="How to send the image: auto follows the model's input dtype (DT_STRING: b64 of the "
-    "file, DT_UINT8: pixel array).",
-)
-@click.option("--signature_name", default=DEFAULT_SIGNATURE, show_default=True)
+@encoding_option
+@signature_option
 @click.option(
     "--raw/--no-raw",
     default=True,
     show_default=True,
     help="Keep the server's full answer in the JSON (raw_response).",
 )
-@click.option(
-    "--max_side",
-    type=click.IntRange(min=1),
-    metavar="PIXELS",
-    help="Pixel encoding: shrink larger images to fit PIXELS x PIXELS before sending (less "
-    "JSON, faster; boxes still land on the original). b64 sends the file as it is.",
-)
+@max_side_option
 @click.option(
     "--output_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -422,9 +428,9 @@ Examples:
     type=click.IntRange(min=0),
     help="Requests sent first and not counted  [default: one per concurrent connection]",
 )
-@click.option("--encoding", type=click.Choice(ENCODINGS), default="auto", show_default=True)
-@click.option("--signature_name", default=DEFAULT_SIGNATURE, show_default=True)
-@click.option("--max_side", type=click.IntRange(min=1), metavar="PIXELS", help="As for predict.")
+@encoding_option
+@signature_option
+@max_side_option
 @click.option("--plot", type=FILE, help="Write a PNG: latency histogram and latency over time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench(
