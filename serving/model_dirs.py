@@ -29,6 +29,11 @@ def latest_version(base_path: Path) -> tuple[int, Path]:
         raise ModelDirError(f"model base path {base_path} is not a directory")
     versions = numeric_versions(base_path)
     if not versions:
+        if (base_path / "saved_model.pb").is_file():
+            raise ModelDirError(
+                f"{base_path} is a SavedModel, not a model base path: pass its parent, named "
+                "by a version number (BASE_PATH/1/saved_model.pb)"
+            )
         found = sorted(p.name for p in base_path.iterdir()) or ["nothing"]
         raise ModelDirError(
             f"no numeric version directory under {base_path} (found: {', '.join(found)}); "

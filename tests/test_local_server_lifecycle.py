@@ -186,12 +186,15 @@ def test_help_shows_tf_serving_flags_and_examples() -> None:
     [
         ("missing", "is not a directory"),
         ("no_versions", "no numeric version directory under"),
+        ("version_dir", "is a SavedModel, not a model base path: pass its parent"),
     ],
 )
 def test_unservable_base_path_is_a_clear_error(tmp_path, layout: str, message: str) -> None:
     base_path = tmp_path / "model"
     if layout == "no_versions":
         (base_path / "saved_model").mkdir(parents=True)
+    if layout == "version_dir":
+        base_path.symlink_to(ENCODED_MODEL / "1")
     result = run_cli("--model_name=m", f"--model_base_path={base_path}", "--rest_api_port=0")
     assert result.returncode == 1
     assert message in result.stderr
