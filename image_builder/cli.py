@@ -29,7 +29,9 @@ from image_builder.reference import (
 )
 
 PASSWORD_ENV = "REGISTRY_PASSWORD"
-DEFAULT_BASE_IMAGE = "tensorflow/serving:latest"
+# A fixed release, not :latest, so the same command builds the same image next month.
+# Models exported by a newer TensorFlow may need a newer tag: pass --base_image.
+DEFAULT_BASE_IMAGE = "tensorflow/serving:2.18.0"
 
 EXAMPLES = f"""
 \b
