@@ -204,3 +204,39 @@ def test_random_one_character_corruptions_never_diverge() -> None:
         if rng.random() < 0.3:
             corrupt = text[:position] + text[position + 1 :]
         assert_same(('{"instances": ' + corrupt + "}").encode(), dtype, must_be_fast=False)
+
+
+def test_b64_decoding_accepts_and_refuses_what_binascii_strict_mode_does() -> None:
+    """The server decodes {"b64"} with pybase64; it must agree with binascii's strict mode
+    (TF Serving's absl::Base64Unescape: standard alphabet, padding optional)."""
+    import base64
+    import binascii
+
+    def reference(text: str) -> bytes | None:
+        try:
+            return binascii.a2b_base64(text + "=" * (-len(text) % 4), strict_mode=True)
+        except (binascii.Error, ValueError):
+            return None
+
+    def served(text: str) -> bytes | None:
+        try:
+            return json_tensor._decode_b64({"b64": text})
+        except ServingError as e:
+            assert e.message == "Unable to base64 decode"
+            return None
+
+    rng = random.Random(3)
+    samples = ["", "QQ", "QR==", "QUI=", "Q===", "QQ=A", "=QQ=", "QQ==QUJD", "QU JD", "QUé="]
+    for size in (1, 2, 3, 100, 70_001):
+        text = base64.b64encode(rng.randbytes(size)).decode()
+        samples += [text, text.rstrip("=")]
+        for _ in range(20):  # one character replaced, inserted or removed anywhere
+            i = rng.randrange(len(text))
+            bad = rng.choice("=*-_.\n é")
+            samples += [
+                text[:i] + bad + text[i + 1 :],
+                text[:i] + bad + text[i:],
+                text[:i] + text[i + 1 :],
+            ]
+    for text in samples:
+        assert served(text) == reference(text), repr(text[:40])
