@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -72,7 +73,7 @@ def measure(label: str, base_path, tensor: np.ndarray, body: bytes, repeats: int
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed calls of each kind")
     args = parser.parse_args()
@@ -100,7 +101,13 @@ def main() -> None:
             f"{r['label']:<19} {r['body_mb']:>8.2f} {r['model_ms']:>9.1f} "
             f"{r['request_ms']:>11.1f} {r['ratio']:>5.2f}x {r['target']:>6.1f}x"
         )
+    missed = [r["label"] for r in results if r["ratio"] > r["target"]]
+    for r in results:
+        verdict = "MISSED" if r["label"] in missed else "met"
+        target = f"{r['label']} <= {r['target']:.1f}x the model call"
+        print(f"target: {target}: {r['ratio']:.2f}x {verdict}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
