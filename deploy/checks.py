@@ -105,7 +105,7 @@ def _deployment_problems(
 ) -> list[Problem]:
     spec = _map(doc.data.get("spec"))
     pod_labels = _pod_labels(doc)
-    pod_spec = _map(_map(spec.get("template")).get("spec"))
+    pod_spec = _pod_spec(doc)
     problems = []
 
     def problem(field: str, message: str, note: bool = False) -> None:
@@ -147,7 +147,7 @@ def _deployment_problems(
 
     problems += _spread_problems(doc, pod_spec, pod_labels)
 
-    containers = _objects(pod_spec.get("containers"))
+    containers = _containers(doc)
     for i, container in enumerate(containers):
         path = f"spec.template.spec.containers[{i}]"
         problems += _container_problems(doc, path, container, allow_placeholder)
@@ -307,21 +307,15 @@ def _shutdown_problems(doc: Document, path: str, container: dict, grace: Any) ->
 
 
 def _service_problems(doc: Document, deployments: list[Document]) -> list[Problem]:
-    selector = _map(_map(doc.data.get("spec")).get("selector"))
+    spec = _map(doc.data.get("spec"))
+    selector = _map(spec.get("selector"))
     if not selector:
         return []  # no selector: endpoints are managed by hand, nothing to match
     targets = _selected(doc, {"matchLabels": selector}, deployments)
     if not targets:
-        return [
-            Problem(
-                doc,
-                "spec.selector",
-                f"{_brief(selector)} selects no pod of the Deployments here "
-                f"({_names(deployments)}): the Service would have no endpoints",
-            )
-        ]
+        return [_selects_no_pod(doc, selector, deployments, "the Service would have no endpoints")]
     problems = []
-    for i, port in enumerate(_objects(_map(doc.data.get("spec")).get("ports"))):
+    for i, port in enumerate(_objects(spec.get("ports"))):
         target = port.get("targetPort", port.get("port"))
         for deployment in targets:
             declared = _container_ports(deployment)
@@ -345,12 +339,7 @@ def _pdb_problems(
     targets = _selected(doc, spec["selector"], deployments) if "selector" in spec else []
     if not targets:
         return [
-            Problem(
-                doc,
-                "spec.selector",
-                f"{_brief(spec.get('selector'))} selects no pod of the Deployments here "
-                f"({_names(deployments)}): the budget protects nothing",
-            )
+            _selects_no_pod(doc, spec.get("selector"), deployments, "the budget protects nothing")
         ]
     if str(spec.get("maxUnavailable")) in ("0", "0%"):
         return [Problem(doc, "spec.maxUnavailable", f"{spec['maxUnavailable']}: {BLOCKS_DRAINS}")]
@@ -405,14 +394,20 @@ def _min_replicas(deployment: Document, hpas: list[Document]) -> int:
     return _int(_map(deployment.data.get("spec")).get("replicas", 1))
 
 
+def _pod_template(deployment: Document) -> dict[str, Any]:
+    return _map(_map(deployment.data.get("spec")).get("template"))
+
+
 def _pod_labels(deployment: Document) -> dict[str, Any]:
-    template = _map(_map(deployment.data.get("spec")).get("template"))
-    return _map(_map(template.get("metadata")).get("labels"))
+    return _map(_map(_pod_template(deployment).get("metadata")).get("labels"))
+
+
+def _pod_spec(deployment: Document) -> dict[str, Any]:
+    return _map(_pod_template(deployment).get("spec"))
 
 
 def _containers(deployment: Document) -> list[dict]:
-    template = _map(_map(deployment.data.get("spec")).get("template"))
-    return _objects(_map(template.get("spec")).get("containers"))
+    return _objects(_pod_spec(deployment).get("containers"))
 
 
 def _container_ports(deployment: Document) -> list[Any]:
@@ -436,6 +431,18 @@ def _selected(doc: Document, selector: Any, deployments: list[Document]) -> list
     return [
         d for d in deployments if d.namespace == doc.namespace and selects(selector, _pod_labels(d))
     ]
+
+
+def _selects_no_pod(
+    doc: Document, selector: Any, deployments: list[Document], consequence: str
+) -> Problem:
+    """The problem of a Service or budget whose selector misses every Deployment's pods."""
+    return Problem(
+        doc,
+        "spec.selector",
+        f"{_brief(selector)} selects no pod of the Deployments here ({_names(deployments)}): "
+        f"{consequence}",
+    )
 
 
 def _names(documents: list[Document]) -> str:
