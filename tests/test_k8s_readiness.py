@@ -16,7 +16,7 @@ import requests
 import yaml
 
 from tests.conftest import PIXEL_MODEL, ROOT
-from tests.servers import HOST, LocalServer, free_port
+from tests.servers import HOST, LocalServer
 
 MANIFEST = ROOT / "faster_rcnn_resnet_k8s.yaml"
 
@@ -58,9 +58,8 @@ def test_probe_fails_until_the_model_is_loaded_then_passes(probe_name: str) -> N
     container = serving_container()
     probe = container[probe_name]
     model_name = next(e["value"] for e in container["env"] if e["name"] == "MODEL_NAME")
-    rest_port = free_port()
-    local_ports = forwarded(container, rest_port)
-    server = LocalServer(PIXEL_MODEL, model_name=model_name, port=rest_port)
+    server = LocalServer(PIXEL_MODEL, model_name=model_name)  # on a free loopback port
+    local_ports = forwarded(container, server.port)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         started = pool.submit(server.start)  # returns once the port accepts connections
@@ -84,13 +83,13 @@ def test_probe_fails_until_the_model_is_loaded_then_passes(probe_name: str) -> N
     print(f"{probe_name}: {before.count(False)} failed attempts while loading, then passed")
 
 
-def test_probe_on_a_model_the_server_does_not_have_fails() -> None:
+def test_probe_on_a_model_the_server_does_not_have_fails(pixel_server: LocalServer) -> None:
     """The metadata path names the model: a server loaded with another model is not ready."""
     container = serving_container()
-    rest_port = free_port()
-    with LocalServer(PIXEL_MODEL, model_name="ssd_mobilenet_v1_coco", port=rest_port):
-        ready = kubelet_http_probe(
-            container["readinessProbe"], container, forwarded(container, rest_port)
-        )
+    assert pixel_server.model_name != "faster_rcnn_resnet"
+
+    ready = kubelet_http_probe(
+        container["readinessProbe"], container, forwarded(container, pixel_server.port)
+    )
 
     assert ready is False
