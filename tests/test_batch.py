@@ -16,22 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from object_detection.batch import SUMMARY_NAME, iter_inputs
-from object_detection.cli import cli
 from object_detection.images import ImageError, load_image
 from object_detection.pipeline import request_body
 from tests.conftest import IMAGE1, IMAGE2, ROOT
-from tests.test_client import LEFT_DOG, RIGHT_DOG
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(arg) for arg in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result
+from tests.test_client import LEFT_DOG, RIGHT_DOG, run
 
 
 def predict_requests(server) -> int:

@@ -3,24 +3,19 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from object_detection.cli import cli
 from object_detection.images import load_image
 from object_detection.pipeline import request_body
 from tests.conftest import IMAGE1, IMAGE2
 from tests.test_batch import predict_requests, wait_for_requests
+from tests.test_client import run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LATENCY_ORDER = ["min", "p50", "p90", "p95", "p99", "max"]
 
 
 def bench(server, *args):
-    result = CliRunner().invoke(
-        cli, ["bench", "--server_url", server.predict_url, *[str(arg) for arg in args]]
-    )
-    assert "Traceback" not in result.output
-    return result
+    return run("bench", "--server_url", server.predict_url, *args)
 
 
 def test_counts_percentiles_bytes_and_plot(encoded_server, tmp_path):
@@ -80,7 +75,5 @@ def test_usage_errors(pixel_server):
     assert result.exit_code == 2 and "not both" in result.stderr
     result = bench(pixel_server, "--requests", 3)
     assert result.exit_code == 2 and "Missing argument" in result.stderr
-    result = CliRunner().invoke(
-        cli, ["bench", "--server_url", "http://127.0.0.1:9/v1/models/m", str(IMAGE1)]
-    )
+    result = run("bench", "--server_url", "http://127.0.0.1:9/v1/models/m", IMAGE1)
     assert result.exit_code == 1 and "cannot reach TF Serving" in result.stderr

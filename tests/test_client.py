@@ -27,8 +27,11 @@ MODELS = [("pixel_server", "pixels", 0.711), ("encoded_server", "b64", 0.699)]
 
 
 def run(*args):
+    """client.py in-process: whatever goes wrong ends in a message and an exit code, never a
+    traceback."""
     result = CliRunner().invoke(cli, [str(arg) for arg in args])
     assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
 
 

@@ -12,11 +12,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from click.testing import CliRunner
 
-from object_detection.cli import cli
 from tests.conftest import IMAGE1
 from tests.servers import HOST, free_port
+from tests.test_client import run
 
 METADATA = {
     "model_spec": {"name": "m", "signature_name": "", "version": "1"},
@@ -112,13 +111,6 @@ def stub():
     server = StubServer()
     yield server
     server.close()
-
-
-def run(*args):
-    result = CliRunner().invoke(cli, [str(arg) for arg in args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    return result
 
 
 def predict(server_url, *args):
