@@ -15,6 +15,8 @@ ENCODED_MODEL = SHARED / "models" / "ssd_mobilenet_v1_coco_encoded"
 IMAGE1 = SHARED / "images" / "image1.jpg"
 IMAGE2 = SHARED / "images" / "image2.jpg"
 SHARED_LABELS = SHARED / "labels" / "mscoco_label_map.pbtxt"
+# The shipped Kubernetes manifest (deploy/ validates and edits it).
+MANIFEST = ROOT / "faster_rcnn_resnet_k8s.yaml"
 
 COCO_DOG = 18
 COCO_PERSON = 1

@@ -8,9 +8,8 @@ import pytest
 import yaml
 
 from deploy.manifest import ManifestError, set_deployment_image
-from tests.conftest import ROOT
+from tests.conftest import MANIFEST
 
-MANIFEST = ROOT / "faster_rcnn_resnet_k8s.yaml"
 NEW_IMAGE = (
     "europe-west1-docker.pkg.dev/my-project/models/faster_rcnn_resnet_serving"
     "@sha256:9f7eca6da7d833b240f7c54b630a9f85df8dbdfe46abe2b99651278dc4b13c53"

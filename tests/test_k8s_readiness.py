@@ -15,10 +15,8 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import PIXEL_MODEL, ROOT
+from tests.conftest import MANIFEST, PIXEL_MODEL
 from tests.servers import HOST, LocalServer
-
-MANIFEST = ROOT / "faster_rcnn_resnet_k8s.yaml"
 
 
 def serving_container() -> dict:
