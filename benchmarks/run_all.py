@@ -5,9 +5,8 @@
 Each `benchmarks/bench_*.py` runs as `python -m benchmarks.NAME` in its own process, one after
 the other (they time things: running two at once would spoil both), with its output shown as
 it comes. TF_CPP_MIN_LOG_LEVEL=2 quietens TensorFlow's C++ logging (its oneDNN start-up
-lines still show). At the end, a
-table of each benchmark's exit code and wall time; the exit code is 1 if any of them failed
-(a missed target or an error).
+lines still show). At the end, a table of each benchmark's exit code and wall time; the exit
+code is 1 if any of them failed (a missed target or an error).
 """
 
 from __future__ import annotations
