@@ -38,14 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image
 
+from benchmarks.bench_client_encoding import seed_body
 from object_detection.batch import BatchOptions, iter_inputs, run_batch
 from object_detection.label_map import load_label_map
 from object_detection.pipeline import DetectOptions, detect
@@ -85,13 +84,7 @@ def seed_style(folder: Path, predict_url: str, output: Path) -> float:
     output.mkdir()
     start = time.perf_counter()
     for path in sorted(folder.iterdir()):
-        image = Image.open(path)
-        width, height = image.size
-        with warnings.catch_warnings():  # getdata() is deprecated in recent Pillow
-            warnings.simplefilter("ignore", DeprecationWarning)
-            array = np.array(image.getdata()).reshape((height, width, 3)).astype(np.uint8)
-        body = json.dumps({"instances": [array.tolist()]})
-        response = requests.post(predict_url, data=body)  # a new connection every time
+        response = requests.post(predict_url, data=seed_body(path))  # a new connection each time
         response.raise_for_status()
         (output / f"{path.stem}.json").write_text(json.dumps(response.json()))
     return time.perf_counter() - start
