@@ -32,6 +32,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from serving.model_dirs import numeric_versions
+
 SERVING_SIGNATURE = "serving_default"
 
 
@@ -57,11 +59,11 @@ def load_image_signature(src: Path, signature: str = SERVING_SIGNATURE) -> Image
     graph with a shape error.
     """
     if not (src / "saved_model.pb").is_file():
-        versions = sorted(int(p.name) for p in src.iterdir() if p.is_dir() and p.name.isdigit())
+        versions = numeric_versions(src)
         if versions:
             raise ReexportError(
                 f"{src} is a TF Serving base path; pass one of its versions, "
-                f"e.g. {src / str(versions[-1])}"
+                f"e.g. {versions[max(versions)]}"
             )
         raise ReexportError(f"{src} has no saved_model.pb: pass a SavedModel directory")
     try:
