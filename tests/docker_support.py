@@ -24,7 +24,6 @@ import contextlib
 import io
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -39,6 +38,7 @@ import yaml
 from docker.errors import DockerException, ImageNotFound
 
 from image_builder.builder import CONTAINER_PREFIX
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERD_SCRIPT = ROOT / "scripts" / "dockerd.sh"
@@ -57,12 +57,6 @@ def unavailable(reason: str) -> None:
     if in_ci():
         pytest.fail(f"CI=true but {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def closed_port() -> int:

@@ -37,7 +37,8 @@ from image_builder.base_image import (
     runtime_key,
 )
 from tests.conftest import COCO_DOG, ENCODED_MODEL, IMAGE1, PIXEL_MODEL, ROOT, SHARED_LABELS
-from tests.docker_support import DockerCleanup, LocalRegistry, free_port
+from tests.docker_support import DockerCleanup, LocalRegistry
+from tests.servers import free_port
 
 MODEL_NAME = "ssd_mobilenet"
 CONTAINER_PREFIX = "tfs-sidecar-e2e-"
