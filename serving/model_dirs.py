@@ -4,6 +4,10 @@ so model preparation works without it.
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -41,3 +45,26 @@ def latest_version(base_path: Path) -> tuple[int, Path]:
         )
     version = max(versions)
     return version, versions[version]
+
+
+@contextmanager
+def staged_directory(target: Path, replace: bool = False) -> Iterator[Path]:
+    """A hidden sibling path of `target` to write into; renamed to `target` when the block ends
+    without error (`replace`: an existing `target` is removed first), else removed.
+
+    TF Serving polls its base path and loads any new numeric directory it sees; a half-written
+    version would fail to load (or worse, load). Names starting with "." are not versions to it.
+    Not tempfile.mkdtemp: its mode 0700 would stay on the version directory after the rename and
+    hide the model from a TF Serving container that runs as another user. The path does not exist
+    yet: the block creates it (shutil.copytree, tf.saved_model.save).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+        if replace and target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 import requests
 from tqdm import tqdm
 
-from serving.model_dirs import numeric_versions
+from serving.model_dirs import numeric_versions, staged_directory
 
 SAVED_MODEL_PB = "saved_model.pb"
 DOWNLOAD_CHUNK = 1 << 20
@@ -99,13 +99,8 @@ def lay_out(saved_model: Path, base_path: Path, version: int | None) -> Path:
             "pick another --version or remove it"
         )
     target = base_path / str(version)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=base_path))  # not numeric: ignored
-    try:
-        shutil.copytree(saved_model, staging, dirs_exist_ok=True)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staged_directory(target) as staging:
+        shutil.copytree(saved_model, staging)
     return target
 
 

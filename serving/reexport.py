@@ -17,8 +17,6 @@ of the original, so clients only change how they encode the image.
 
 from __future__ import annotations
 
-import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from serving.model_dirs import numeric_versions
+from serving.model_dirs import numeric_versions, staged_directory
 
 SERVING_SIGNATURE = "serving_default"
 
@@ -169,24 +167,10 @@ def target_dir(dest: Path, version: int | None) -> Path:
 
 
 def save_atomically(module: tf.Module, target: Path, overwrite: bool) -> None:
-    """Save into a hidden sibling directory, then rename it to `target`.
-
-    TF Serving polls its base path and loads any new numeric directory it sees; a half-written
-    version would fail to load (or worse, load). Names starting with '.' are not versions to it.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its mode 0700 would stay on the version directory after the rename
-    # and hide the model from a TF Serving container that runs as another user.
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    """Save into a hidden sibling directory, then rename it to `target` (see staged_directory)."""
+    with staged_directory(target, replace=overwrite) as staging:
         signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function()}
         tf.saved_model.save(module, str(staging), signatures=signatures)
-        if overwrite and target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def reexport(
