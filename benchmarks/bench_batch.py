@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from benchmarks.bench_client_encoding import seed_body
+from benchmarks.bench_client_encoding import report_targets, seed_body
 from object_detection.batch import BatchOptions, iter_inputs, run_batch
 from object_detection.label_map import load_label_map
 from object_detection.pipeline import DetectOptions, detect
@@ -254,9 +254,7 @@ def main() -> int:
                        ratio <= RSS_TARGET, f"{ratio:.2f}x"))  # fmt: skip
 
     print()
-    for target, met, figure in checks:
-        print(f"target: {target}: {figure} {'met' if met else 'MISSED'}")
-    return 0 if all(met for _, met, _ in checks) else 1
+    return report_targets(checks)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,12 @@ def main() -> int:
         (f"b64 body <= {B64_SIZE_TARGET}x the JPEG", b64_ratio <= B64_SIZE_TARGET,
          f"{b64_ratio:.3f}x"),
     ]  # fmt: skip
+    return report_targets(checks)
+
+
+def report_targets(checks: list[tuple[str, bool, str]]) -> int:
+    """Print each (target, met, measured figure) as met or MISSED; the exit code: 0 only when
+    every target is met."""
     for target, met, figure in checks:
         print(f"target: {target}: {figure} {'met' if met else 'MISSED'}")
     return 0 if all(met for _, met, _ in checks) else 1
