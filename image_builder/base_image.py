@@ -42,6 +42,8 @@ import click
 import docker
 import docker.errors
 
+from image_builder.builder import BuildError, connect
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT_SCRIPT = Path(__file__).with_name("base_image") / "tf_serving_entrypoint.sh"
 
@@ -510,13 +512,9 @@ def main(mirror: str | None, force: bool, as_json: bool) -> None:
     """
     started = time.monotonic()
     try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as exc:
-        raise click.ClickException(f"Docker engine not reachable: {exc}") from None
-    try:
+        client = connect()
         tag = ensure_base_image(client, mirror=mirror, force=force)
-    except (BaseImageError, docker.errors.DockerException) as exc:
+    except (BaseImageError, BuildError, docker.errors.DockerException) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         size = client.images.get(tag).attrs["Size"]
