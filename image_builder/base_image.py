@@ -42,7 +42,8 @@ import click
 import docker
 import docker.errors
 
-from image_builder.builder import BuildError, connect
+from image_builder.builder import BuildContainer, BuildError, connect, docker_step
+from image_builder.reference import ImageReference
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT_SCRIPT = Path(__file__).with_name("base_image") / "tf_serving_entrypoint.sh"
@@ -450,14 +451,16 @@ def _code_archive(root: Path) -> bytes:
 def build_base(
     client: docker.DockerClient, runtime_tag: str, tag: str, root: Path = PROJECT_ROOT
 ) -> None:
-    """Put the code and the entrypoint on the runtime image; commit it with the image's config."""
-    container = client.containers.create(runtime_tag, command=["true"])
-    try:
-        container.put_archive("/", _code_archive(root))
-        repository, _, key = tag.rpartition(":")
-        container.commit(repository=repository, tag=key, changes=BASE_CHANGES)
-    finally:
-        container.remove(force=True)
+    """Put the code and the entrypoint on the runtime image; commit it with the image's config.
+
+    The container is a model build's (BuildContainer): never started, removed whatever happens,
+    and no image left by a build that fails or is interrupted after its commit.
+    """
+    repository, _, key = tag.rpartition(":")
+    with BuildContainer(client, runtime_tag) as box:
+        with docker_step("copying the code into the container"):
+            box.container.put_archive("/", _code_archive(root))
+        box.commit(ImageReference(None, repository, key), BASE_CHANGES)
 
 
 def ensure_base_image(
