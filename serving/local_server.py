@@ -83,10 +83,6 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: RestServer
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.set_idle(self.connection, True)
-
     def finish(self) -> None:
         self.server.set_idle(self.connection, None)
         super().finish()
