@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from serving.model_dirs import numeric_versions
+
 # TF Serving's SavedModel loader accepts either file (tensorflow/cc/saved_model/loader_util).
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 CHUNK = 1 << 20
@@ -57,23 +59,20 @@ def find_versions(model_dir: Path, version: int | None = None) -> list[ModelVers
     if _is_saved_model(model_dir):
         return [ModelVersion(1 if version is None else version, model_dir)]
 
-    entries = sorted(model_dir.iterdir())
-    numeric = sorted(
-        (p for p in entries if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
-    )
-    if not numeric:
+    versions = [ModelVersion(n, p) for n, p in sorted(numeric_versions(model_dir).items())]
+    if not versions:
+        entries = sorted(model_dir.iterdir())
         found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:10]) or "nothing"
         raise ModelDirError(
             f"{model_dir} is neither a SavedModel (no {' or '.join(SAVED_MODEL_FILES)}) nor a "
             f"TF Serving base path (no numeric version directory); found: {found}"
         )
-    not_loadable = [p.name for p in numeric if not _is_saved_model(p)]
+    not_loadable = [v.path.name for v in versions if not _is_saved_model(v.path)]
     if not_loadable:
         raise ModelDirError(
             f"{model_dir}: version dir(s) {', '.join(not_loadable)} hold no saved_model.pb; "
             "TF Serving would fail to load them"
         )
-    versions = [ModelVersion(int(p.name), p) for p in numeric]
     if version is None:
         return versions
     chosen = [v for v in versions if v.number == version]
