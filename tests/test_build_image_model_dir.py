@@ -43,6 +43,7 @@ def test_bare_saved_model_becomes_version_1_or_the_one_asked() -> None:
         ({}, "found: nothing"),
         ({"notes.txt": ""}, "found: notes.txt"),
         ({"latest/saved_model.pb": ""}, "(no numeric version directory); found: latest/"),
+        ({"²/saved_model.pb": ""}, "(no numeric version directory); found: ²/"),  # not ASCII
         ({"1/saved_model.pb": "", "2/variables/x": ""}, "version dir(s) 2 hold no saved_model.pb"),
     ],
 )
