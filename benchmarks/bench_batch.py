@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from benchmarks.bench_client_encoding import report_targets, seed_body
+from benchmarks.bench_client_encoding import seed_body
+from benchmarks.measure import medians_side_by_side, report_targets
 from object_detection.batch import BatchOptions, iter_inputs, run_batch
 from object_detection.label_map import load_label_map
 from object_detection.pipeline import DetectOptions, detect
@@ -157,21 +158,9 @@ def b64_against_model(jpeg_base: Path, repeats: int) -> list[tuple[str, float, f
             def end_to_end(image=image) -> None:
                 detect(client, image, labels)
 
-            for _ in range(2):  # first calls trace and allocate
-                model_call()
-                end_to_end()
-            model_ms, e2e_ms = [], []
-            for _ in range(repeats):
-                model_ms.append(_ms(model_call))
-                e2e_ms.append(_ms(end_to_end))
-            rows.append((image.name, statistics.median(model_ms), statistics.median(e2e_ms)))
+            model_ms, e2e_ms = medians_side_by_side(model_call, end_to_end, repeats)
+            rows.append((image.name, model_ms, e2e_ms))
     return rows
-
-
-def _ms(call: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    call()
-    return (time.perf_counter() - start) * 1e3
 
 
 def peak_rss_mb(command: list[str]) -> float:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.measure import report_targets
 from object_detection.images import load_image
 from tfserving.encoding import b64_request, pixels_request
 
@@ -101,14 +102,6 @@ def main() -> int:
          f"{b64_ratio:.3f}x"),
     ]  # fmt: skip
     return report_targets(checks)
-
-
-def report_targets(checks: list[tuple[str, bool, str]]) -> int:
-    """Print each (target, met, measured figure) as met or MISSED; the exit code: 0 only when
-    every target is met."""
-    for target, met, figure in checks:
-        print(f"target: {target}: {figure} {'met' if met else 'MISSED'}")
-    return 0 if all(met for _, met, _ in checks) else 1
 
 
 if __name__ == "__main__":

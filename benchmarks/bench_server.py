@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 
 import numpy as np
 import requests
 from PIL import Image
 
+from benchmarks.measure import medians_side_by_side, report_targets
 from serving.model import ServedModel
 from tests.conftest import ENCODED_MODEL, IMAGE2, PIXEL_MODEL
 from tests.servers import LocalServer
@@ -33,14 +31,8 @@ from tfserving.encoding import b64_request, pixels_request
 TARGETS = {"encoded": 1.3, "pixels": 6.0}
 
 
-def _ms(call: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    call()
-    return (time.perf_counter() - start) * 1e3
-
-
 def measure(label: str, base_path, tensor: np.ndarray, body: bytes, repeats: int) -> dict:
-    """Median model-call and request times (ms), measured alternately."""
+    """Median model-call and request times (ms), measured side by side."""
     model = ServedModel.load("bench", base_path)
     with LocalServer(base_path, model_name="bench") as server, requests.Session() as session:
 
@@ -53,18 +45,7 @@ def measure(label: str, base_path, tensor: np.ndarray, body: bytes, repeats: int
             )
             response.raise_for_status()
 
-        for _ in range(2):  # first calls trace and allocate
-            model_call()
-            request()
-        # In rounds of a few calls each, so that machine load hits both alike, but not strictly
-        # alternating: TensorFlow's threads in this process spin a while after a call and would
-        # steal the CPU from the server's request right after it.
-        model_ms, request_ms = [], []
-        for _ in range(0, repeats, 5):
-            model_ms += [_ms(model_call) for _ in range(5)]
-            time.sleep(0.2)
-            request_ms += [_ms(request) for _ in range(5)]
-    model_median, request_median = statistics.median(model_ms), statistics.median(request_ms)
+        model_median, request_median = medians_side_by_side(model_call, request, repeats)
     return {
         "label": label,
         "body_mb": len(body) / 1e6,
@@ -104,13 +85,17 @@ def main() -> int:
             f"{r['request_ms']:>11.1f} {r['ratio']:>5.2f}x "
             + (f"{r['target']:>6.1f}x" if r["target"] else f"{'-':>7}")
         )
-    targeted = [r for r in results if r["target"]]
-    missed = [r["label"] for r in targeted if r["ratio"] > r["target"]]
-    for r in targeted:
-        verdict = "MISSED" if r["label"] in missed else "met"
-        target = f"{r['label']} <= {r['target']:.1f}x the model call"
-        print(f"target: {target}: {r['ratio']:.2f}x {verdict}")
-    return 1 if missed else 0
+    return report_targets(
+        [
+            (
+                f"{r['label']} <= {r['target']:.1f}x the model call",
+                r["ratio"] <= r["target"],
+                f"{r['ratio']:.2f}x",
+            )
+            for r in results
+            if r["target"]
+        ]
+    )
 
 
 if __name__ == "__main__":
