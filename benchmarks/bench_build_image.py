@@ -24,7 +24,6 @@ import uuid
 from pathlib import Path
 
 import docker
-import psutil
 
 from benchmarks.measure import report_targets
 from tests.docker_support import LocalRegistry, import_tiny_base_image, remove_image
@@ -46,23 +45,13 @@ def make_model(directory: Path, size_mb: int) -> Path:
 
 
 def run_measured(command: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
-    """Wall seconds and peak RSS in MB (polled with psutil and checked with getrusage)."""
+    """Wall seconds, and peak RSS in MB from getrusage: the exact high-water mark of the
+    children waited for so far, so a later run's figure is the peak of all runs up to it."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    watched = psutil.Process(proc.pid)
-    polled = 0
-    while proc.poll() is None:
-        try:
-            polled = max(polled, watched.memory_info().rss)
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.01)
-    stdout, stderr = proc.communicate()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True)
     wall = time.perf_counter() - start
-    # ru_maxrss (KiB on Linux) of waited-for children: exact, and only this one has been waited.
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    done = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
-    return wall, max(polled, maxrss) / 1e6, done
+    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    return wall, maxrss / 1e6, done
 
 
 def seed_route(client: docker.DockerClient, model_dir: Path) -> float:
