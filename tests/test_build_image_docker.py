@@ -26,7 +26,7 @@ from deploy.validate import load_documents, validate_documents
 from image_builder.builder import BuildContainer
 from image_builder.cli import PASSWORD_ENV, main
 from image_builder.progress import follow
-from tests.conftest import PIXEL_MODEL, ROOT
+from tests.conftest import MANIFEST, PIXEL_MODEL, ROOT
 from tests.docker_support import (
     REGISTRY_PASSWORD,
     REGISTRY_USER,
@@ -38,7 +38,6 @@ from tests.docker_support import (
 )
 
 pytestmark = pytest.mark.docker
-MANIFEST = ROOT / "faster_rcnn_resnet_k8s.yaml"
 
 
 def build(*args: str, env: dict | None = None, stdin: str | None = None) -> Result:
