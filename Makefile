@@ -24,7 +24,7 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.server
 
 ## Local server + client.py on a sample photo; prints where the JSON and the picture are.
 demo: $(VENV)/.server
-	$(PY) -m serving.quickstart
+	$(PY) scripts/quickstart.py
 
 ## Every test, the Docker and end-to-end ones included (CI runs exactly this).
 test: $(VENV)/.dev

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import yaml
 
+from deploy.errors import DeployError
 
-class ManifestError(ValueError):
+
+class ManifestError(DeployError, ValueError):
     """The manifest cannot be edited as asked; the message says why and what to change."""
 
 

@@ -12,6 +12,7 @@ is 1 when there is any.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -20,7 +21,9 @@ import yaml
 from deploy.checks import Document, Problem, check_documents
 from deploy.schema import KUBERNETES_VERSIONS, schema_problems, supported_versions
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "faster_rcnn_resnet_k8s.yaml"
+# The shipped manifest, as package data (deploy/faster_rcnn_resnet_k8s.yaml is the top-level
+# file's link in a checkout, and a copy of it in a wheel).
+DEFAULT_MANIFEST = "faster_rcnn_resnet_k8s.yaml"
 
 
 def load_documents(path: Path) -> list[Document]:
@@ -87,7 +90,15 @@ def main(files: tuple[Path, ...], versions: tuple[str, ...], forbid_placeholder:
       python -m deploy.validate faster_rcnn_resnet_k8s.yaml -k 1.33 -k 1.37
       python -m deploy.validate --forbid_placeholder faster_rcnn_resnet_k8s.yaml
     """
-    files = files or (DEFAULT_MANIFEST,)
+    if not files:
+        with resources.as_file(resources.files("deploy").joinpath(DEFAULT_MANIFEST)) as shipped:
+            check_files((shipped,), versions, forbid_placeholder)
+    else:
+        check_files(files, versions, forbid_placeholder)
+
+
+def check_files(files: Sequence[Path], versions: Sequence[str], forbid_placeholder: bool) -> None:
+    """Print each problem of `files`, checked together; ClickException when there are any."""
     documents: list[Document] = []
     errors = 0
     for path in files:

@@ -6,6 +6,8 @@ sees the same status code here as from the real server for the same mistake.
 
 from __future__ import annotations
 
+from tfserving.errors import SidecarError
+
 HTTP_STATUS = {
     "CANCELLED": 499,
     "UNKNOWN": 500,
@@ -26,7 +28,11 @@ HTTP_STATUS = {
 }
 
 
-class ServingError(Exception):
+class ServingError(SidecarError):
+    """The root of the serving package's errors (the local server and its base image)."""
+
+
+class StatusError(ServingError):
     """An error answered as `{"error": message}` with the HTTP status of its canonical `code`."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -43,9 +49,9 @@ class ServingError(Exception):
         return f"{self.code}: {self.message}"
 
 
-def invalid_argument(message: str) -> ServingError:
-    return ServingError("INVALID_ARGUMENT", message)
+def invalid_argument(message: str) -> StatusError:
+    return StatusError("INVALID_ARGUMENT", message)
 
 
-def not_found(message: str) -> ServingError:
-    return ServingError("NOT_FOUND", message)
+def not_found(message: str) -> StatusError:
+    return StatusError("NOT_FOUND", message)

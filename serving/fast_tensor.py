@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from serving.errors import ServingError
+from serving.errors import StatusError
 from serving.json_tensor import NUMPY_DTYPES, RequestFormat
 
 _WHITESPACE = b" \t\n\r"
@@ -122,7 +122,7 @@ def parse_predict_request(
     signature_name, key = envelope
     try:
         inputs = lookup_inputs(signature_name)
-    except ServingError:
+    except StatusError:
         return None  # the general path raises it, after checking the body as TF Serving does
     if len(inputs) != 1:
         return None

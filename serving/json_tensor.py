@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pybase64
 
-from serving.errors import ServingError, invalid_argument
+from serving.errors import StatusError, invalid_argument
 
 # Numpy dtypes of the DataTypes a JSON value can be converted to (json_tensor.cc AddValueToTensor).
 NUMPY_DTYPES = {
@@ -130,7 +130,7 @@ def signature_name_of(doc: dict) -> str:
     return name
 
 
-def _type_error(value: Any, dtype: str) -> ServingError:
+def _type_error(value: Any, dtype: str) -> StatusError:
     return invalid_argument(
         f"JSON Value: {json_value_to_string(value)} Type: {json_type_string(value)} "
         f"is not of expected type: {dtype_string(dtype)}"
@@ -197,7 +197,7 @@ def _scalar(value: Any, dtype: str) -> Any:
         if not isinstance(value, bool):
             raise _type_error(value, dtype)
         return value
-    raise ServingError(
+    raise StatusError(
         "UNIMPLEMENTED",
         f"Conversion of JSON Value: {json_value_to_string(value)} to type: {dtype_string(dtype)}",
     )
@@ -307,7 +307,7 @@ def _instances_to_tensors(instances: list, inputs: Mapping[str, str]) -> dict[st
                     if name not in inputs:
                         raise invalid_argument(f"JSON object: does not have named input: {name}")
                     batches.setdefault(name, _Batch()).add(value, inputs[name])
-                except ServingError as e:
+                except StatusError as e:
                     raise invalid_argument(
                         f"Failed to process element: {index} key: {name} of 'instances' list. "
                         f"Error: {e}"
@@ -325,7 +325,7 @@ def _instances_to_tensors(instances: list, inputs: Mapping[str, str]) -> dict[st
             name = next(iter(inputs))
             try:
                 batches.setdefault(name, _Batch()).add(row, inputs[name])
-            except ServingError as e:
+            except StatusError as e:
                 raise invalid_argument(
                     f"Failed to process element: {index} of 'instances' list. Error: {e}"
                 ) from None

@@ -137,8 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code="-", size="-") -> None:
         pass  # _serve logs one line per request, with its duration
 
-    def log_message(self, format: str, *args) -> None:
-        log.warning("%s: %s", self.address_string(), format % args)  # e.g. a garbled request
+    def log_message(self, template: str, *args) -> None:
+        log.warning("%s: %s", self.address_string(), template % args)  # e.g. a garbled request
 
 
 class VersionWatcher(threading.Thread):
@@ -158,7 +158,7 @@ class VersionWatcher(threading.Thread):
 
     def poll(self) -> None:
         from serving.model import ServedModel
-        from serving.model_dirs import ModelDirError, latest_version
+        from tfserving.conventions import ModelDirError, latest_version
 
         current = self.api.model
         try:

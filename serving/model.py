@@ -12,24 +12,32 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving.errors import HTTP_STATUS, ServingError, invalid_argument
-from serving.model_dirs import ModelDirError, latest_version
+from serving.errors import HTTP_STATUS, StatusError, invalid_argument
+from tfserving.conventions import (
+    DEFAULT_SIGNATURE,
+    SAVED_MODEL_FILES,
+    ModelDirError,
+    latest_version,
+    saved_model_file,
+)
 
-DEFAULT_SIGNATURE = "serving_default"
 SERVE_TAG = "serve"
 
 
 def _serving_meta_graph(saved_model_dir: Path) -> meta_graph_pb2.MetaGraphDef:
     """The MetaGraphDef tagged "serve", whose SignatureDefs TF Serving reports as metadata."""
-    pb_path = saved_model_dir / "saved_model.pb"
-    if not pb_path.is_file():
-        raise ModelDirError(f"{saved_model_dir} has no saved_model.pb")
+    pb_path = saved_model_file(saved_model_dir)
+    if pb_path is None:
+        raise ModelDirError(f"{saved_model_dir} has no {' or '.join(SAVED_MODEL_FILES)}")
     saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString(pb_path.read_bytes())
+    if pb_path.suffix == ".pbtxt":  # the text form, which TF Serving loads as well
+        text_format.Parse(pb_path.read_text(), saved_model)
+    else:
+        saved_model.ParseFromString(pb_path.read_bytes())
     for meta_graph in saved_model.meta_graphs:
         if SERVE_TAG in meta_graph.meta_info_def.tags:
             return meta_graph
@@ -88,7 +96,7 @@ class ServedModel:
         except tf.errors.OpError as e:
             # The graph's own error, with its canonical code, as TF Serving passes it on
             # (a bad image is INVALID_ARGUMENT: 400; a corrupt stream DATA_LOSS: 500).
-            raise ServingError(_ERROR_CODES.get(e.error_code, "UNKNOWN"), _op_message(e)) from None
+            raise StatusError(_ERROR_CODES.get(e.error_code, "UNKNOWN"), _op_message(e)) from None
         except (TypeError, ValueError) as e:  # the signature refused the tensor (rank, dtype)
             raise invalid_argument(_first_line(str(e))) from None
         return {key: value.numpy() for key, value in sorted(outputs.items())}

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from serving import fast_tensor, json_tensor
-from serving.errors import ServingError, invalid_argument, not_found
+from serving.errors import StatusError, invalid_argument, not_found
 from serving.model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class RestApi:
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         try:
             return 200, self._dispatch(method, path.split("?", 1)[0], body)
-        except ServingError as e:
+        except StatusError as e:
             return e.http_status, json_tensor.error_json(e.message)
         except Exception as e:  # a bug or a model failure: TF Serving answers INTERNAL too
             log.exception("internal error on %s %s", method, path)
@@ -68,7 +68,7 @@ class RestApi:
             if verb == "predict":
                 return self._predict(model, unquote(name), _version(version), label, body)
             if verb in ("classify", "regress"):
-                raise ServingError(
+                raise StatusError(
                     "UNIMPLEMENTED",
                     f"{verb} is not served by this local stand-in for TF Serving; use :predict",
                 )
@@ -122,7 +122,7 @@ class RestApi:
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
-            raise ServingError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
+            raise StatusError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
 
 
 def _version(version: str | None) -> int | None:

@@ -10,21 +10,24 @@ This module builds such an image offline, from Debian's packages and PyPI only, 
    debootstrap from this machine's apt mirror, a venv with requirements-server.txt installed from
    wheels that the host's pip downloads (so the host's index configuration and cache apply),
    imported into Docker as one layer;
-2. base `tfs-sidecar/serving-base:<key>` (light, seconds): the project's serving/ code and the
-   entrypoint put into a container of the runtime image, committed with the image's config.
+2. base `tfs-sidecar/serving-base:<key>` (light, seconds): the project's wheel (what
+   `pip install .` installs), unpacked on PYTHONPATH, and the entrypoint put into a container of
+   the runtime image, committed with the image's config.
 
 Each key is a hash of what shapes its layer, so an unchanged recipe is never rebuilt: a second CI
 run on the same machine reuses both images (dockerd keeps them in /var/lib/docker).
 
-    python -m image_builder.base_image            # build what is missing, print the image name
+    python -m serving.base_image            # build what is missing, print the image name
+
+Progress goes to the `serving.base_image` logger; the command line shows it on stderr.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,9 +36,11 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -44,9 +49,10 @@ import docker.errors
 
 from image_builder.builder import BuildContainer, BuildError, connect, docker_step
 from image_builder.reference import ImageReference
+from serving.errors import ServingError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ENTRYPOINT_SCRIPT = Path(__file__).with_name("base_image") / "tf_serving_entrypoint.sh"
+ENTRYPOINT_SCRIPT = "tf_serving_entrypoint.sh"  # package data of serving/
 
 RUNTIME_REPOSITORY = "tfs-sidecar/serving-runtime"
 BASE_REPOSITORY = "tfs-sidecar/serving-base"
@@ -96,15 +102,15 @@ BASE_CHANGES = [
     "CMD []",
 ]
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
-class BaseImageError(Exception):
+class BaseImageError(ServingError):
     """The base image could not be built; the message says which step failed and why."""
 
 
-def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+class NoAptSource(BaseImageError):
+    """This machine's apt knows no mirror for the Debian suite the image is built from."""
 
 
 # --- where Debian comes from ---------------------------------------------------------------
@@ -176,10 +182,7 @@ def debian_source(suite: str = SUITE, apt_dir: Path = Path("/etc/apt")) -> AptSo
     for source in apt_sources(apt_dir):
         if suite in source.suites:
             return source
-    raise BaseImageError(
-        f"no apt source for Debian {suite} in {apt_dir}/sources.list(.d): add one, "
-        "or pass --mirror URI"
-    )
+    raise NoAptSource(f"no apt source for Debian {suite} in {apt_dir}/sources.list(.d): add one")
 
 
 # --- content keys ----------------------------------------------------------------------------
@@ -198,43 +201,42 @@ def runtime_key(root: Path = PROJECT_ROOT) -> str:
     return _digest([recipe, *((root / name).read_bytes() for name in REQUIREMENTS)])
 
 
-def app_packages(root: Path = PROJECT_ROOT, start: str = "serving") -> list[str]:
-    """serving/ and every project package it imports, transitively: the code the image needs."""
-    local = {init.parent.name for init in root.glob("*/__init__.py")}
-    found: set[str] = set()
-    todo = [start]
-    while todo:
-        package = todo.pop()
-        if package in found:
-            continue
-        found.add(package)
-        for path in sorted((root / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module]
-                else:
-                    continue
-                todo += [top for top in (n.split(".")[0] for n in names) if top in local]
-    return sorted(found)
+def project_wheel(root: Path, out_dir: Path) -> Path:
+    """The project built as a wheel (`pip wheel --no-deps`): exactly what `pip install .` would
+    put in site-packages, package data included, and nothing else of the checkout."""
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    proc = subprocess.run(
+        [*command, "--quiet", "--wheel-dir", str(out_dir), str(root)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wheels = sorted(out_dir.glob("*.whl"))
+    if proc.returncode != 0 or len(wheels) != 1:
+        output = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
+        raise BaseImageError("building the project's wheel failed:\n" + "\n".join(output))
+    return wheels[0]
 
 
-def _app_files(root: Path) -> list[tuple[str, Path]]:
-    """(path in the image, file on disk) for the code and the entrypoint, in a stable order."""
-    files = [
-        (f"{APP_DIR}/{path.relative_to(root)}", path)
-        for package in app_packages(root)
-        for path in sorted((root / package).rglob("*.py"))
-    ]
-    return [*files, ("/usr/bin/tf_serving_entrypoint.sh", ENTRYPOINT_SCRIPT)]
+def app_files(wheel: Path) -> list[tuple[str, bytes, int]]:
+    """(path in the image, content, mode) of the unpacked wheel under APP_DIR (on PYTHONPATH)
+    and the entrypoint, in a stable order: a wheel is a zip that a purelib install unpacks."""
+    with zipfile.ZipFile(wheel) as archive:
+        files = [
+            (f"{APP_DIR}/{name}", archive.read(name), 0o644)
+            for name in sorted(archive.namelist())
+            if not name.endswith("/")
+        ]
+    entrypoint = resources.files("serving").joinpath(ENTRYPOINT_SCRIPT).read_bytes()
+    return [*files, (f"/usr/bin/{ENTRYPOINT_SCRIPT}", entrypoint, 0o755)]
 
 
-def base_key(runtime_tag: str, root: Path = PROJECT_ROOT) -> str:
-    """Hash of the runtime it builds on, the code put in, and the image config."""
+def base_key(runtime_tag: str, files: list[tuple[str, bytes, int]]) -> str:
+    """Hash of the runtime it builds on, the files put in (not the wheel's zip timestamps),
+    and the image config."""
     parts = [runtime_tag.encode(), json.dumps(BASE_CHANGES).encode()]
-    for name, path in _app_files(root):
-        parts += [name.encode(), path.read_bytes()]
+    for name, content, mode in files:
+        parts += [name.encode(), content, str(mode).encode()]
     return _digest(parts)
 
 
@@ -244,14 +246,13 @@ def base_key(runtime_tag: str, root: Path = PROJECT_ROOT) -> str:
 class _Clock:
     """Elapsed time since the build started, in front of every progress line."""
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self) -> None:
         self.start = self.last = time.monotonic()
-        self.log = log
 
     def __call__(self, message: str) -> None:
         self.last = time.monotonic()
         minutes, seconds = divmod(int(self.last - self.start), 60)
-        self.log(f"[{minutes:2d}:{seconds:02d}] {message}")
+        log.info("[%2d:%02d] %s", minutes, seconds, message)
 
     def quiet_for(self) -> float:
         return time.monotonic() - self.last
@@ -339,7 +340,6 @@ def build_runtime(
     tag: str,
     root: Path = PROJECT_ROOT,
     mirror: str | None = None,
-    log: Log = stderr_log,
 ) -> None:
     """Build the heavy runtime layer and import it into Docker as `tag`."""
     if os.geteuid() != 0 or not shutil.which("debootstrap"):
@@ -347,7 +347,7 @@ def build_runtime(
             "building the runtime image needs root and debootstrap (apt-get install debootstrap)"
         )
     source = AptSource(mirror, (SUITE,)) if mirror else debian_source(SUITE)
-    clock = _Clock(log)
+    clock = _Clock()
     build_dir = Path(tempfile.mkdtemp(prefix="tfs-sidecar-runtime-", dir="/var/tmp"))
     rootfs, wheels = build_dir / "rootfs", build_dir / "wheels"
     try:
@@ -434,22 +434,20 @@ def build_runtime(
         _remove_build_dir(build_dir)
 
 
-def _code_archive(root: Path) -> bytes:
+def _code_archive(files: list[tuple[str, bytes, int]]) -> bytes:
     """A tar of the app files, root-owned and world-readable (the image runs as uid 1000)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, path in _app_files(root):
-            info = tar.gettarinfo(str(path), arcname=name.lstrip("/"))
-            info.uid = info.gid = 0
+        for name, content, mode in files:
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.size, info.mode, info.mtime = len(content), mode, 0
             info.uname = info.gname = "root"
-            info.mode = 0o755 if path == ENTRYPOINT_SCRIPT else 0o644
-            with path.open("rb") as f:
-                tar.addfile(info, f)
+            tar.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
 
 
 def build_base(
-    client: docker.DockerClient, runtime_tag: str, tag: str, root: Path = PROJECT_ROOT
+    client: docker.DockerClient, runtime_tag: str, tag: str, files: list[tuple[str, bytes, int]]
 ) -> None:
     """Put the code and the entrypoint on the runtime image; commit it with the image's config.
 
@@ -459,7 +457,7 @@ def build_base(
     repository, _, key = tag.rpartition(":")
     with BuildContainer(client, runtime_tag) as box:
         with docker_step("copying the code into the container"):
-            box.container.put_archive("/", _code_archive(root))
+            box.container.put_archive("/", _code_archive(files))
         box.commit(ImageReference(None, repository, key), BASE_CHANGES)
 
 
@@ -468,7 +466,6 @@ def ensure_base_image(
     root: Path = PROJECT_ROOT,
     mirror: str | None = None,
     force: bool = False,
-    log: Log = stderr_log,
 ) -> str:
     """The serving base image's name, built first if this Docker engine does not have it yet."""
 
@@ -481,27 +478,29 @@ def ensure_base_image(
 
     runtime_tag = f"{RUNTIME_REPOSITORY}:{runtime_key(root)}"
     if missing(runtime_tag):
-        log(f"building {runtime_tag} (Debian + Python + TensorFlow; a few minutes)")
+        log.info("building %s (Debian + Python + TensorFlow; a few minutes)", runtime_tag)
         started = time.monotonic()
-        build_runtime(client, runtime_tag, root, mirror, log)
-        log(f"built {runtime_tag} in {time.monotonic() - started:.0f} s")
+        build_runtime(client, runtime_tag, root, mirror)
+        log.info("built %s in %.0f s", runtime_tag, time.monotonic() - started)
     else:
-        log(f"reusing {runtime_tag}")
-    base_tag = f"{BASE_REPOSITORY}:{base_key(runtime_tag, root)}"
+        log.info("reusing %s", runtime_tag)
+    with tempfile.TemporaryDirectory() as scratch:
+        files = app_files(project_wheel(root, Path(scratch)))
+    base_tag = f"{BASE_REPOSITORY}:{base_key(runtime_tag, files)}"
     if missing(base_tag):
-        build_base(client, runtime_tag, base_tag, root)
-        log(f"built {base_tag}")
+        build_base(client, runtime_tag, base_tag, files)
+        log.info("built %s", base_tag)
     else:
-        log(f"reusing {base_tag}")
+        log.info("reusing %s", base_tag)
     return base_tag
 
 
 @click.command(
     epilog="""\b
 Examples:
-  python -m image_builder.base_image
-  python -m image_builder.base_image --json
-  python build_image.py --base_image "$(python -m image_builder.base_image)" ...
+  python -m serving.base_image
+  python -m serving.base_image --json
+  python build_image.py --base_image "$(python -m serving.base_image)" ...
 """
 )
 @click.option("--mirror", help="Debian mirror URI (default: this machine's apt source).")
@@ -513,12 +512,14 @@ def main(mirror: str | None, force: bool, as_json: bool) -> None:
     Cached by content key: prints the image name at once when it exists already.
     Progress goes to stderr, the image name to stdout.
     """
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     started = time.monotonic()
     try:
         client = connect()
         tag = ensure_base_image(client, mirror=mirror, force=force)
     except (BaseImageError, BuildError, docker.errors.DockerException) as exc:
-        raise click.ClickException(str(exc)) from None
+        hint = ", or pass --mirror URI" if isinstance(exc, NoAptSource) else ""
+        raise click.ClickException(f"{exc}{hint}") from None
     if as_json:
         size = client.images.get(tag).attrs["Size"]
         seconds = round(time.monotonic() - started, 1)

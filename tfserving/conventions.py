@@ -1,5 +1,10 @@
-"""Model base paths as TF Serving reads them: numbered version directories. No TensorFlow here,
-so model preparation works without it.
+"""TF Serving's conventions, in one place, without TensorFlow.
+
+The client, the local server and the image builder all have to agree with
+`tensorflow_model_server` on the same few facts: which ports it listens on, which signature a
+request without `signature_name` means, where the serving image looks for models, and how a
+model base path is laid out (`BASE_PATH/VERSION/saved_model.pb`, VERSION a number). They read
+them from here, so none of them can drift from the others.
 """
 
 from __future__ import annotations
@@ -10,15 +15,41 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tfserving.errors import TFServingError
 
-class ModelDirError(Exception):
-    """The base path holds nothing servable (said in words a user can act on)."""
+REST_PORT = 8501  # --rest_api_port
+GRPC_PORT = 8500  # --port
+DEFAULT_SIGNATURE = "serving_default"  # a request that names no signature calls this one
+MODEL_BASE_PATH = "/models"  # the tensorflow/serving image's MODEL_BASE_PATH
+# TF Serving's SavedModel loader reads either file (tensorflow/cc/saved_model/loader_util).
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
+class ModelDirError(TFServingError):
+    """A model directory TF Serving could not load; the message says what was found instead."""
+
+
+def model_path(model_name: str, base: str = MODEL_BASE_PATH) -> str:
+    """Where the serving image finds a model: MODEL_BASE_PATH/MODEL_NAME (versions below)."""
+    return f"{base.rstrip('/')}/{model_name}"
+
+
+def saved_model_file(directory: Path) -> Path | None:
+    """The SavedModel proto of a version directory (binary preferred, as TF Serving does)."""
+    for name in SAVED_MODEL_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def is_saved_model(directory: Path) -> bool:
+    return saved_model_file(directory) is not None
 
 
 def numeric_versions(base_path: Path) -> dict[int, Path]:
     """Version dirs under a base path, as TF Serving reads them: names parsed as integers.
 
-    "00001" is version 1; names that are not integers (e.g. "tmp", "1.bak") are ignored.
+    "00001" is version 1; names that are not integers (e.g. "tmp", "1.bak", "²") are ignored.
     """
     versions = {}
     for entry in base_path.iterdir():
@@ -33,7 +64,7 @@ def latest_version(base_path: Path) -> tuple[int, Path]:
         raise ModelDirError(f"model base path {base_path} is not a directory")
     versions = numeric_versions(base_path)
     if not versions:
-        if (base_path / "saved_model.pb").is_file():
+        if is_saved_model(base_path):
             raise ModelDirError(
                 f"{base_path} is a SavedModel, not a model base path: pass its parent, named "
                 "by a version number (BASE_PATH/1/saved_model.pb)"
@@ -41,7 +72,7 @@ def latest_version(base_path: Path) -> tuple[int, Path]:
         found = sorted(p.name for p in base_path.iterdir()) or ["nothing"]
         raise ModelDirError(
             f"no numeric version directory under {base_path} (found: {', '.join(found)}); "
-            "lay the model out as BASE_PATH/1/saved_model.pb (see python -m serving.prepare_model)"
+            "lay the model out as BASE_PATH/1/saved_model.pb"
         )
     version = max(versions)
     return version, versions[version]

@@ -87,7 +87,7 @@ def ensure_model(base_path: Path, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.quickstart", description=__doc__.split("\n\n")[0]
+        prog="python scripts/quickstart.py", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model_base_path", type=Path, help="a TF Serving model base path")
     parser.add_argument("--model_name", help="the model's name in URLs (default: dir name)")
