@@ -25,6 +25,7 @@ from object_detection.pipeline import (
     DetectOptions,
     annotated_image_path,
     detect,
+    dumps_json,
     write_annotated_image,
     write_json,
 )
@@ -86,9 +87,11 @@ def iter_inputs(arguments: Sequence[str], exclude: Path | None = None) -> Iterat
     skipped) and globs (image extensions only), in order, without anything under `exclude` (the
     output folder), each once per output name: a second input with the same output name
     (photo.jpg beside photo.png) is reported as a problem instead of overwriting the first one's
-    result."""
+    result. A folder that cannot be read is an input with a problem too, so it counts as failed
+    instead of vanishing from the run."""
     base = _common_folder(arguments)
-    excluded = exclude.resolve() if exclude else None
+    # realpath, not Path.resolve(): resolve() raises on a symlink loop (Python < 3.13).
+    excluded = os.path.realpath(exclude) if exclude else None
     seen: set[Path] = set()  # output names so far: one short path per input
     for argument in arguments:
         for path, problem in _expand(argument, excluded):
@@ -96,39 +99,61 @@ def iter_inputs(arguments: Sequence[str], exclude: Path | None = None) -> Iterat
             key = name.with_suffix("")
             if problem is None and key in seen:
                 problem = f"another input has the same output name ({key}.json): rename one"
-            seen.add(key)
+            if problem is None:
+                seen.add(key)
             yield BatchInput(path, name, problem)
 
 
-def _expand(argument: str, excluded: Path | None) -> Iterator[tuple[Path, str | None]]:
+def _expand(argument: str, excluded: str | None) -> Iterator[tuple[Path, str | None]]:
     path = Path(argument)
     if path.is_dir():
-        yield from ((found, None) for found in _walk(path, excluded))
+        yield from _walk(path, excluded)
     elif not _is_glob(argument):
         yield path, None if path.exists() else f"image not found: {path}"
     else:
-        matched = False
-        for match in sorted(glob.iglob(argument, recursive=True)):
-            found = Path(match)
-            if excluded and excluded in found.resolve().parents:
-                continue  # our own results (annotated pictures) are not inputs
-            if found.is_file() and found.suffix.lower() in IMAGE_EXTENSIONS:
-                matched = True
-                yield found, None
-        if not matched:
-            yield path, f"no image matches {argument}"
+        yield from _glob(argument, excluded)
 
 
-def _walk(folder: Path, excluded: Path | None) -> Iterator[Path]:
-    for root, dirs, files in os.walk(folder):
+def _glob(pattern: str, excluded: str | None) -> Iterator[tuple[Path, str | None]]:
+    """Image files matching `pattern`, each real file once: `**` follows symlinked folders, so
+    a link back up the tree would otherwise give every photo under it dozens of times."""
+    real_files: set[str] = set()
+    for match in sorted(glob.iglob(pattern, recursive=True)):
+        found, real = Path(match), os.path.realpath(match)
+        if excluded and real.startswith(os.path.join(excluded, "")):
+            continue  # our own results (annotated pictures) are not inputs
+        if real in real_files or not found.is_file():  # is_file: False for a dangling link
+            continue
+        if found.suffix.lower() in IMAGE_EXTENSIONS:
+            real_files.add(real)
+            yield found, None
+    if not real_files:
+        yield Path(pattern), f"no image matches {pattern}"
+
+
+def _walk(folder: Path, excluded: str | None) -> Iterator[tuple[Path, str | None]]:
+    """Image files under `folder` (symlinked folders are not followed), and the folders that
+    could not be listed, each with its problem."""
+    unreadable: list[OSError] = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable.append):
+        yield from _unreadable_folders(unreadable, folder)
         dirs[:] = sorted(
             name
             for name in dirs
-            if not name.startswith(".") and Path(root, name).resolve() != excluded
+            if not name.startswith(".") and os.path.realpath(Path(root, name)) != excluded
         )
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield Path(root, name)
+                yield Path(root, name), None
+    yield from _unreadable_folders(unreadable, folder)
+
+
+def _unreadable_folders(errors: list[OSError], top: Path) -> Iterator[tuple[Path, str | None]]:
+    """os.walk's listing errors so far, as problem inputs, and forgotten."""
+    for error in errors:
+        where = Path(error.filename or top)
+        yield where, f"cannot read folder {where}: {error.strerror or error}"
+    errors.clear()
 
 
 def _common_folder(arguments: Sequence[str]) -> str:
@@ -161,7 +186,7 @@ class SummaryLog:
         self._fd = os.open(path, flags, 0o644)
 
     def write(self, record: dict[str, Any]) -> None:
-        os.write(self._fd, json.dumps(record).encode() + b"\n")
+        os.write(self._fd, dumps_json(record).encode() + b"\n")
 
     def close(self) -> None:
         os.close(self._fd)
@@ -173,7 +198,7 @@ def is_complete(json_path: Path, image_path: Path | None) -> bool:
     picture is written before the JSON, so a JSON implies its picture."""
     try:
         data = json.loads(json_path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: "[[[[..." a mile deep
         return False
     return (
         isinstance(data, dict)

@@ -7,7 +7,8 @@ runs `predict`); `status` and `metadata` check a server before sending it work.
 from __future__ import annotations
 
 import functools
-import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -16,41 +17,52 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
-from object_detection.batch import (
-    SUMMARY_NAME,
-    BatchOptions,
-    BatchTally,
-    iter_inputs,
-    names_one_file,
-    run_batch,
-)
-from object_detection.bench import format_report, run_bench
-from object_detection.bench import plot as draw_bench_plot
-from object_detection.images import ImageError, load_image
-from object_detection.label_map import LabelMap, LabelMapError, load_label_map
+from object_detection.images import load_image
+from object_detection.label_map import LabelMap, coco_label_map, load_label_map
 from object_detection.pipeline import (
+    DEFAULT_MAX_BOXES,
     ENCODINGS,
+    RESULT_LAYOUT,
     DetectOptions,
-    OutputError,
     annotated_image_path,
     choose_encoding,
     detect,
+    dumps_json,
     request_body,
     write_annotated_image,
     write_json,
 )
-from tfserving.client import DEFAULT_RETRIES, DEFAULT_TIMEOUT, TFServingClient
-from tfserving.errors import TFServingError
-from tfserving.metadata import DEFAULT_SIGNATURE
-from tfserving.spec import DEFAULT_PORT, ServerSpec, ServerSpecError
-
-DEFAULT_LABEL_MAP = Path(__file__).resolve().parents[1] / "data" / "labels.pbtxt"
+from tfserving.client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    TFServingClient,
+)
+from tfserving.conventions import DEFAULT_SIGNATURE, REST_PORT
+from tfserving.errors import (
+    ResponseTooLarge,
+    ServerTimeout,
+    SidecarError,
+    SignatureNotFound,
+    TFServingError,
+    UnfeedableInput,
+)
+from tfserving.spec import ServerSpec, ServerSpecError
 
 FILE = click.Path(dir_okay=False, path_type=Path)
-# Errors a user can fix; shown as one line, exit code 1, no traceback.
-USER_ERRORS = (TFServingError, ImageError, LabelMapError, OutputError, OSError)
+# Errors a user can fix (anything the project raises, and files): one line, exit 1, no traceback.
+USER_ERRORS = (SidecarError, OSError)
+# The option that changes what an error is about: the library's messages name no flags.
+HINTS = {
+    ServerTimeout: "raise --timeout if the model needs longer",
+    ResponseTooLarge: "raise --max_response_mb to accept it",
+    SignatureNotFound: "pick one with --signature_name",
+    UnfeedableInput: "force an encoding with --encoding",
+}
+LISTED_DETECTIONS = 20  # the human summary's list; the JSON has every detection
+# Control characters (C0, DEL, C1): ESC starts the sequences that move the cursor or recolor.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 EXAMPLES = """\b
 Examples:
@@ -67,6 +79,24 @@ Examples:
 """
 
 
+def printable(text: str) -> str:
+    """`text` on one line, control characters written as escapes (ESC as \\x1b, a newline as
+    \\x0a): error texts, model and tensor names, labels and file names come from servers and
+    files, and nothing the client prints may move the terminal's cursor or fake a line."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def user_message(exc: Exception) -> str:
+    """The one line a user sees for `exc`: its message, the option that helps, printable."""
+    hint = next((text for kind, text in HINTS.items() if isinstance(exc, kind)), None)
+    return printable(f"{exc}; {hint}" if hint else str(exc))
+
+
+def say(line: str, err: bool = False) -> None:
+    """click.echo for a line of human-readable text, made printable."""
+    click.echo(printable(line), err=err)
+
+
 class DefaultPredictGroup(click.Group):
     """Runs `predict` when the first argument is not a subcommand (the seed's command line)
     and turns the errors a user can fix into one-line messages."""
@@ -80,7 +110,7 @@ class DefaultPredictGroup(click.Group):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(user_message(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,7 @@ class ServerSettings:
     spec: ServerSpec
     timeout: float
     retries: int
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def client(self, retries: int | None = None, pool_size: int = 10) -> TFServingClient:
         return TFServingClient(
@@ -95,6 +126,7 @@ class ServerSettings:
             self.timeout,
             self.retries if retries is None else retries,
             pool_size=pool_size,
+            max_response_bytes=self.max_response_bytes,
         )
 
 
@@ -103,15 +135,18 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option(
         "--server_url",
+        envvar="TFS_SERVER_URL",
         help="TF Serving REST URL of the model, e.g. "
         "http://localhost:8501/v1/models/NAME:predict (also .../versions/N, .../labels/L, "
-        "or just http://HOST:PORT with --model_name).",
+        "or just http://HOST:PORT with --model_name). User and password in it "
+        "(http://user:secret@host) go as basic auth and are never printed; set TFS_SERVER_URL "
+        "instead to keep them out of the process list.",
     )
     @click.option("--host", default="localhost", show_default=True, help="Server host or IP.")
     @click.option(
         "--port",
         type=click.IntRange(1, 65535),
-        default=DEFAULT_PORT,
+        default=REST_PORT,
         show_default=True,
         help="TF Serving's REST port.",
     )
@@ -123,7 +158,14 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.FloatRange(min=0, min_open=True),
         default=DEFAULT_TIMEOUT,
         show_default=True,
-        help="Seconds to wait for each answer.",
+        help="Seconds for each whole request: connecting, sending and the full answer.",
+    )
+    @click.option(
+        "--max_response_mb",
+        type=click.FloatRange(min=0, min_open=True),
+        default=DEFAULT_MAX_RESPONSE_BYTES / 2**20,
+        show_default=True,
+        help="Refuse answers larger than this many MiB (after decompression).",
     )
     @click.option(
         "--retries",
@@ -141,6 +183,7 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
         model_version: int | None,
         version_label: str | None,
         timeout: float,
+        max_response_mb: float,
         retries: int,
         **kwargs: Any,
     ) -> Any:
@@ -153,7 +196,8 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise click.UsageError("name the model: --server_url URL or --model_name NAME")
         except ServerSpecError as exc:
             raise click.UsageError(str(exc)) from None
-        return command(server=ServerSettings(spec, timeout, retries), **kwargs)
+        settings = ServerSettings(spec, timeout, retries, int(max_response_mb * 2**20))
+        return command(server=settings, **kwargs)
 
     return wrapper
 
@@ -211,8 +255,7 @@ def cli() -> None:
 @click.option(
     "--label_map",
     type=FILE,
-    default=DEFAULT_LABEL_MAP,
-    help="Label map (.pbtxt) naming the class ids.  [default: the COCO map in data/]",
+    help="Label map (.pbtxt) naming the class ids.  [default: the COCO map, data/labels.pbtxt]",
 )
 @click.option(
     "--min_score",
@@ -221,7 +264,13 @@ def cli() -> None:
     show_default=True,
     help="Keep detections scoring at least this.",
 )
-@click.option("--max_boxes", type=click.IntRange(min=1), help="Keep at most this many.")
+@click.option(
+    "--max_boxes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BOXES,
+    show_default=True,
+    help="Keep at most this many, best first.",
+)
 @encoding_option
 @signature_option
 @click.option(
@@ -256,7 +305,7 @@ def predict(
     output_json: Path | None,
     save_output_image: bool,
     output_image: Path | None,
-    label_map: Path,
+    label_map: Path | None,
     min_score: float,
     max_boxes: int | None,
     encoding: str,
@@ -269,10 +318,12 @@ def predict(
 ) -> None:
     """Detect objects in one image (JSON with the detections, and optionally the picture),
     or in many: photos, directories and globs, with --output_dir."""
+    from object_detection.batch import names_one_file  # the batch machinery, only for predict
+
     inputs = [*image_path, *paths]
     if not inputs:
         raise click.UsageError("name the image: --image_path PHOTO (or photos, dirs, globs)")
-    labels = load_label_map(label_map)
+    labels = load_label_map(label_map) if label_map else coco_label_map()
     options = DetectOptions(
         min_score, max_boxes, encoding, signature_name, keep_raw=raw, max_side=max_side
     )
@@ -289,7 +340,8 @@ def predict(
             "--output_json and --output_image name one image's files: with --output_dir, "
             "each image gets NAME.json (and NAME_annotated.jpg) there"
         )
-    if any(Path(name).is_dir() and Path(name).resolve() == output_dir.resolve() for name in inputs):
+    output_real = os.path.realpath(output_dir)  # resolve() raises on a symlink loop
+    if any(Path(name).is_dir() and os.path.realpath(name) == output_real for name in inputs):
         raise click.UsageError("--output_dir must not be one of the input directories")
     predict_many(server, inputs, labels, options, output_dir, save_output_image, workers, resume)
 
@@ -311,7 +363,7 @@ def predict_one(
     # Without --output_json, stdout carries the JSON and the human summary goes to stderr.
     to_stderr = output_json is None
     if output_json is None:
-        click.echo(json.dumps(result.to_json(), indent=2))
+        click.echo(dumps_json(result.to_json(), RESULT_LAYOUT))
     else:
         write_json(result, output_json)
     if save_output_image or output_image:
@@ -323,19 +375,24 @@ def predict_one(
             )
         write_annotated_image(result, output_image)
 
-    click.echo(
+    say(
         f"{len(result.detections)} detections (score >= {options.min_score:g}) from model "
         f"{result.model_name} version {result.model_version}, {result.encoding} encoding, "
         f"{result.timing_ms['total']:.0f} ms",
         err=to_stderr,
     )
-    for detection in result.detections:
+    for detection in result.detections[:LISTED_DETECTIONS]:
         box = ", ".join(f"{value:.3f}" for value in detection.box)
-        click.echo(f"  {detection.label:<16} {detection.score:.3f}  [{box}]", err=to_stderr)
+        say(f"  {detection.label:<16} {detection.score:.3f}  [{box}]", err=to_stderr)
+    if len(result.detections) > LISTED_DETECTIONS:
+        unlisted = len(result.detections) - LISTED_DETECTIONS
+        say(f"  ... and {unlisted} more, in the JSON", err=to_stderr)
+    if len(result.detections) == options.max_boxes:
+        say(f"  (--max_boxes {options.max_boxes} reached: there may be more)", err=to_stderr)
     if output_json:
-        click.echo(f"JSON: {output_json}", err=to_stderr)
+        say(f"JSON: {output_json}", err=to_stderr)
     if output_image:
-        click.echo(f"annotated image: {output_image}", err=to_stderr)
+        say(f"annotated image: {output_image}", err=to_stderr)
 
 
 def predict_many(
@@ -349,6 +406,16 @@ def predict_many(
     resume: bool,
 ) -> None:
     """Every image through the server, `workers` at a time, with a progress bar on stderr."""
+    from tqdm import tqdm
+
+    from object_detection.batch import (
+        SUMMARY_NAME,
+        BatchOptions,
+        BatchTally,
+        iter_inputs,
+        run_batch,
+    )
+
     batch = BatchOptions(output_dir, workers, save_image, resume)
     total = sum(1 for _ in iter_inputs(inputs, exclude=output_dir))  # a walk, no image read
     with server.client(pool_size=workers) as client:
@@ -360,9 +427,8 @@ def predict_many(
         def show(record: dict[str, Any], tally: BatchTally) -> None:
             if record["status"] == "error":
                 error, name = record["error"], record["input"]
-                message = error.splitlines()[0]  # the summary has all of it
-                message = message if name in message else f"{name}: {message}"
-                progress.write(f"failed: {message}", sys.stderr)
+                message = error if name in error else f"{name}: {error}"
+                progress.write(f"failed: {printable(message)}", sys.stderr)
             counts = {"ok": tally.ok, "failed": tally.error, "skipped": tally.skipped}
             progress.set_postfix(counts, refresh=False)
             progress.update()
@@ -377,7 +443,7 @@ def predict_many(
             ) from None
         finally:
             progress.close()
-    click.echo(
+    say(
         f"{tally.ok} done, {tally.error} failed, {tally.skipped} skipped (already done); "
         f"results in {output_dir}, every input's outcome in {output_dir / SUMMARY_NAME}",
         err=True,
@@ -451,6 +517,9 @@ def bench(
     Bodies are built before timing; warm-up requests are not counted; nothing is retried.
     Exit code 1 when any measured request failed.
     """
+    from tfserving.loadtest import format_report, run_bench
+    from tfserving.loadtest import plot as draw_bench_plot
+
     if request_count is not None and duration is not None:
         raise click.UsageError("give --requests or --duration, not both")
     if duration is None and request_count is None:
@@ -472,7 +541,11 @@ def bench(
             concurrency if warmup is None else warmup,
         )
     summary = result.summary()
-    click.echo(json.dumps(summary, indent=2) if as_json else format_report(summary))
+    if as_json:
+        click.echo(dumps_json(summary, depth=None))
+    else:
+        for line in format_report(summary).splitlines():
+            say(line)
     if plot:
         draw_bench_plot(result, plot)
         click.echo(f"plot: {plot}", err=True)
@@ -506,7 +579,7 @@ def status(server: ServerSettings, wait: float) -> None:
         raise problem
     for version in versions:
         message = f" ({version.error_message})" if version.error_message else ""
-        click.echo(f"{server.spec.model_name} version {version.version}: {version.state}{message}")
+        say(f"{server.spec.model_name} version {version.version}: {version.state}{message}")
     if not any(version.available for version in versions):
         raise click.ClickException(
             f"no version of {server.spec.model_name} is AVAILABLE"
@@ -521,24 +594,25 @@ def metadata(server: ServerSettings, as_json: bool) -> None:
     """The model's signatures: inputs and outputs with dtypes and shapes."""
     with server.client() as client:
         if as_json:
-            click.echo(json.dumps(client.get_json(server.spec.metadata_url), indent=2))
+            click.echo(dumps_json(client.get_json(server.spec.metadata_url), depth=None))
             return
         model = client.metadata()
-    click.echo(f"model {model.model_name} version {model.version}")
+    say(f"model {model.model_name} version {model.version}")
     for signature in model.signatures.values():
-        click.echo(f"signature {signature.name!r} ({signature.method})")
-        click.echo("  inputs:")
+        say(f"signature {signature.name!r} ({signature.method})")
+        say("  inputs:")
         for tensor in signature.inputs:
-            click.echo(f"    {tensor.describe()}")
-        click.echo("  outputs:")
+            say(f"    {tensor.describe()}")
+        say("  outputs:")
         for tensor in signature.outputs:
-            click.echo(f"    {tensor.describe()}")
+            say(f"    {tensor.describe()}")
         if len(signature.inputs) == 1:
             try:
-                click.echo(f"  predict sends: {choose_encoding(signature.inputs[0])}")
+                say(f"  predict sends: {choose_encoding(signature.inputs[0])}")
             except TFServingError as exc:
-                click.echo(f"  predict cannot feed it: {exc}")
+                say(f"  predict cannot feed it: {exc}")
 
 
 def main() -> None:
-    cli(prog_name="client.py")
+    """`python client.py ...` or the installed `tfs-client ...`: usage names what was run."""
+    cli(prog_name=Path(sys.argv[0]).name)

@@ -5,18 +5,26 @@ These models return, per image, `detection_boxes` (normalized [ymin, xmin, ymax,
 weakest scores near zero: the client keeps those above a threshold. TF Serving sends them
 either row-wise (`{"predictions": [{...}]}`, answer to `instances`) or column-wise
 (`{"outputs": {...}}`, answer to `inputs`); both are read here.
+
+The answer comes from a server, so everything read from it is checked before use: boxes are N
+rows of 4 finite numbers, scores and class ids N finite numbers (ids whole, 0..2**31-1),
+num_detections one finite number >= 0. Anything else is a DetectionOutputError that names the
+field, never a numpy traceback, a NaN in the output or a class id wrapped round to a negative.
+The checks and the selection work on whole arrays, so an answer with a million rows costs numpy
+time; Python objects are made only for the detections kept.
 """
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from object_detection.label_map import LabelMap
-from tfserving.errors import TFServingError
+from object_detection.errors import DetectionOutputError
+from object_detection.label_map import MAX_CLASS_ID, LabelMap
 
 BOXES, CLASSES, SCORES, COUNT = (
     "detection_boxes",
@@ -24,10 +32,7 @@ BOXES, CLASSES, SCORES, COUNT = (
     "detection_scores",
     "num_detections",
 )
-
-
-class DetectionOutputError(TFServingError):
-    """The answer does not look like an object detection model's output."""
+_HINT = "is this a TF Object Detection API model?"
 
 
 @dataclass(frozen=True)
@@ -52,14 +57,30 @@ def first_instance(response: Mapping[str, Any]) -> dict[str, Any]:
     """The named outputs for the first (only) image, from a row or a columnar answer."""
     if "predictions" in response:
         rows = response["predictions"]
-        if rows and isinstance(rows[0], dict):
-            return rows[0]
-        raise DetectionOutputError(
-            "the model returned a single unnamed output; an object detection model returns "
-            f"named outputs ({BOXES}, {CLASSES}, {SCORES}, ...)"
-        )
-    if "outputs" in response and isinstance(response["outputs"], dict):
-        return {name: batch[0] for name, batch in response["outputs"].items()}
+        if not isinstance(rows, list) or not rows:
+            raise DetectionOutputError(
+                f"the answer's 'predictions' is {reprlib.repr(rows)}, not a list with an entry per "
+                f"image; {_HINT}"
+            )
+        if not isinstance(rows[0], dict):
+            raise DetectionOutputError(
+                "the model returned a single unnamed output; an object detection model returns "
+                f"named outputs ({BOXES}, {CLASSES}, {SCORES}, ...)"
+            )
+        return rows[0]
+    if "outputs" in response:
+        columns = response["outputs"]
+        if not isinstance(columns, dict):
+            raise DetectionOutputError(
+                f"the answer's 'outputs' is {reprlib.repr(columns)}, not named outputs ({BOXES}, "
+                f"{CLASSES}, {SCORES}, ...); {_HINT}"
+            )
+        # A value without a batch dimension is passed on as it is: if it is one we read, the
+        # checks below say what is wrong with it; if not, it does not matter.
+        return {
+            name: batch[0] if isinstance(batch, list) and batch else batch
+            for name, batch in columns.items()
+        }
     raise DetectionOutputError(
         f"the answer has neither 'predictions' nor 'outputs': keys {sorted(response)}"
     )
@@ -73,30 +94,134 @@ def parse_detections(
     min_score: float = 0.5,
     max_boxes: int | None = None,
 ) -> list[Detection]:
-    """Detections scoring at least min_score, best first, at most max_boxes of them."""
+    """Detections scoring at least min_score, best first, at most max_boxes of them.
+    Raises DetectionOutputError when the answer is not a detection model's."""
     outputs = first_instance(response)
     missing = [name for name in (BOXES, CLASSES, SCORES) if name not in outputs]
     if missing:
         raise DetectionOutputError(
             f"the answer has no {', '.join(missing)} (outputs: {', '.join(sorted(outputs))}); "
-            "is this a TF Object Detection API model?"
+            f"{_HINT}"
         )
-    boxes = np.clip(np.asarray(outputs[BOXES], np.float64).reshape(-1, 4), 0.0, 1.0)
-    class_ids = np.rint(np.asarray(outputs[CLASSES], np.float64).ravel()).astype(int)
-    scores = np.asarray(outputs[SCORES], np.float64).ravel()
-    count = int(np.asarray(outputs.get(COUNT, len(scores))).ravel()[0])
-    count = min(count, len(scores), len(class_ids), len(boxes))
+    boxes = _boxes(outputs[BOXES])
+    scores = _column(SCORES, outputs[SCORES])
+    class_ids = _class_ids(outputs[CLASSES])
+    if not len(boxes) == len(scores) == len(class_ids):
+        raise DetectionOutputError(
+            f"the answer has {len(boxes)} {BOXES}, {len(scores)} {SCORES} and "
+            f"{len(class_ids)} {CLASSES}: one of each per detection expected; {_HINT}"
+        )
+    count = _count(outputs[COUNT], len(scores)) if COUNT in outputs else len(scores)
 
     order = np.argsort(-scores[:count], kind="stable")
     order = order[scores[order] >= min_score][:max_boxes]
-    scale = np.array([height, width, height, width], np.float64)
-    return [
-        Detection(
-            class_id=int(class_ids[i]),
-            label=label_map.label(int(class_ids[i])),
-            score=float(scores[i]),
-            box=tuple(float(v) for v in boxes[i]),
-            box_pixels=tuple(int(v) for v in np.rint(boxes[i] * scale)),
+    return _detections(boxes[order], scores[order], class_ids[order], width, height, label_map)
+
+
+def _detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    width: int,
+    height: int,
+    label_map: LabelMap,
+) -> list[Detection]:
+    """Detection objects from the kept rows, every value computed on whole arrays first."""
+    boxes = np.clip(boxes, 0.0, 1.0)
+    pixels = np.rint(boxes * np.array([height, width, height, width], np.float64))
+    ids = class_ids.tolist()
+    labels = {class_id: label_map.label(class_id) for class_id in set(ids)}
+    return list(
+        map(
+            Detection,
+            ids,
+            [labels[class_id] for class_id in ids],
+            scores.tolist(),
+            map(tuple, boxes.tolist()),
+            map(tuple, pixels.astype(np.int64).tolist()),
         )
-        for i in order
-    ]
+    )
+
+
+def _boxes(value: Any) -> np.ndarray:
+    """N x 4 float64; an empty list is no boxes."""
+    boxes = _finite(BOXES, value)
+    if boxes.size == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DetectionOutputError(
+            f"{BOXES} has shape {_shape(boxes)}, not N rows of 4 numbers "
+            f"[ymin, xmin, ymax, xmax]; {_HINT}"
+        )
+    return boxes
+
+
+def _column(name: str, value: Any) -> np.ndarray:
+    """A flat list of N finite numbers, as float64."""
+    column = _finite(name, value)
+    if column.ndim != 1:
+        raise DetectionOutputError(
+            f"{name} has shape {_shape(column)}, not a flat list of numbers; {_HINT}"
+        )
+    return column
+
+
+def _class_ids(value: Any) -> np.ndarray:
+    """Whole numbers 0..MAX_CLASS_ID as int64: 1e30 must not become -9223372036854775808."""
+    ids = _column(CLASSES, value)
+    bad = np.flatnonzero((ids != np.rint(ids)) | (ids < 0) | (ids > MAX_CLASS_ID))
+    if bad.size:
+        raise DetectionOutputError(
+            f"{CLASSES}[{bad[0]}] is {ids[bad[0]]:g}, not a class id (a whole number from 0 to "
+            f"{MAX_CLASS_ID}); {_HINT}"
+        )
+    return ids.astype(np.int64)
+
+
+def _count(value: Any, available: int) -> int:
+    """num_detections: one number >= 0, bare or in a 1-element list; at most `available`."""
+    count = _finite(COUNT, value)
+    if count.size != 1 or count.ravel()[0] < 0:
+        raise DetectionOutputError(
+            f"{COUNT} is {reprlib.repr(value)}, not one number >= 0 (or a list holding one); "
+            f"{_HINT}"
+        )
+    return min(int(count.ravel()[0]), available)
+
+
+def _finite(name: str, value: Any) -> np.ndarray:
+    """`value` (JSON numbers, in nested lists of even lengths) as a float64 array in which
+    every value is finite; DetectionOutputError otherwise."""
+    array = _numbers(name, value)
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:
+        where = "".join(f"[{i}]" for i in np.unravel_index(bad[0], array.shape))
+        raise DetectionOutputError(
+            f"{name}{where} is {array.flat[bad[0]]}: every value must be a finite number; {_HINT}"
+        )
+    return array
+
+
+def _numbers(name: str, value: Any) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+        if array.dtype.kind in "iuf":
+            return array.astype(np.float64, copy=False)
+        # Integers beyond int64 make an object array; anything else there is not a number.
+        if array.dtype == object and all(_is_number(item) for item in array.flat):
+            return array.astype(np.float64)
+    except ValueError:  # rows of different lengths
+        raise DetectionOutputError(
+            f"{name} has rows of different lengths: {reprlib.repr(value)}; {_HINT}"
+        ) from None
+    except OverflowError:  # an integer beyond float64
+        pass
+    raise DetectionOutputError(f"{name} is {reprlib.repr(value)}, not numbers; {_HINT}")
+
+
+def _is_number(item: Any) -> bool:
+    return isinstance(item, int | float) and not isinstance(item, bool)
+
+
+def _shape(array: np.ndarray) -> str:
+    return "(" + ", ".join(map(str, array.shape)) + ")" if array.ndim else "() (a single number)"

@@ -23,14 +23,12 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from object_detection.errors import ImageError
+
 # Files the server decodes to the same RGB pixels as Pillow + our conversion does.
 _SENT_AS_IS = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _JPEG_QUALITY = 95
-
-
-class ImageError(ValueError):
-    """The image is missing, unreadable or not an image; the message names the file."""
 
 
 @dataclass(frozen=True)

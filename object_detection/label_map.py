@@ -12,7 +12,10 @@ import ast
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+
+from object_detection.errors import LabelMapError
 
 _TOKEN = re.compile(
     r"""
@@ -23,10 +26,8 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-
-
-class LabelMapError(ValueError):
-    """The label map file is malformed; the message names the file and line."""
+MAX_CLASS_ID = 2**31 - 1  # ids are int32 in the label map's proto
+_MAX_DEPTH = 100  # nested blocks; label maps use 2 or 3, a deeper file would exhaust the stack
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def parse_label_map(text: str, source: str = "<label map>") -> LabelMap:
             class_id = int(fields["id"])
         except ValueError:
             raise LabelMapError(f"{where}: id {fields['id']!r} is not an integer") from None
-        if class_id < 0:
-            raise LabelMapError(f"{where}: id {class_id} is negative")
+        if not 0 <= class_id <= MAX_CLASS_ID:
+            raise LabelMapError(f"{where}: id {class_id} is not between 0 and {MAX_CLASS_ID}")
         if class_id in labels:
             raise LabelMapError(f"{where}: id {class_id} appears twice")
         labels[class_id] = fields.get("display_name") or fields.get("name") or f"id {class_id}"
@@ -95,6 +96,7 @@ class _Parser:
             line += match.group().count("\n")
             pos = match.end()
         self.pos = 0
+        self.depth = 0  # blocks open
 
     def items(self) -> list[tuple[dict[str, str], int]]:
         """Top-level `item` blocks as {field: scalar text} with the line each starts on."""
@@ -121,7 +123,7 @@ class _Parser:
         if text in ("{", "<"):
             value = self._block("}" if text == "{" else ">", line)
         elif kind == "string":
-            value = ast.literal_eval(text)  # handles \" \' \\ \n escapes like protobuf does
+            value = self._string(text, line)
         elif kind == "word":
             value = text
         else:
@@ -129,13 +131,25 @@ class _Parser:
         self._skip_separator()
         return value
 
+    def _string(self, text: str, line: int) -> str:
+        try:
+            return ast.literal_eval(text)  # handles \" \' \\ \n escapes like protobuf does
+        except (SyntaxError, ValueError):  # "\x", "\N{nonsense}", a carriage return...
+            raise LabelMapError(f"{self.source}:{line}: malformed string {text[:60]}") from None
+
     def _block(self, closing: str, opened_on: int) -> dict[str, str]:
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise LabelMapError(
+                f"{self.source}:{opened_on}: blocks nested more than {_MAX_DEPTH} deep"
+            )
         fields: dict[str, str] = {}
         while True:
             if self.pos >= len(self.tokens):
                 raise LabelMapError(f"{self.source}:{opened_on}: block opened here is not closed")
             if self.tokens[self.pos][1] == closing:
                 self.pos += 1
+                self.depth -= 1
                 return fields
             name, _ = self._field_name()
             value = self._value()
@@ -153,3 +167,10 @@ class _Parser:
         token = self.tokens[self.pos]
         self.pos += 1
         return token
+
+
+def coco_label_map() -> LabelMap:
+    """The COCO label map shipped with the package (the same file as data/labels.pbtxt), read
+    as package data: the same way from a checkout, a wheel or a zip."""
+    resource = resources.files("object_detection").joinpath("data").joinpath("labels.pbtxt")
+    return parse_label_map(resource.read_text(encoding="utf-8"), "labels.pbtxt (built in)")

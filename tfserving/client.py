@@ -1,36 +1,64 @@
-"""A small TF Serving REST client: one keep-alive session, safe retries, clear errors.
+"""A small TF Serving REST client: one keep-alive pool, safe retries, bounded requests.
 
 One `TFServingClient` is meant to be shared: its connection pool is reused across requests
 (and threads), and the model metadata is fetched once and cached.
 
+Each request is bounded, whatever the server does:
+- in time: `timeout` is a deadline for the whole request (connecting, sending, every byte of
+  the answer, and the retries). Socket timeouts alone bound each read, so a server dripping one
+  byte every half second would hold a client for ever; a watchdog closes the socket instead.
+- in size: the answer, after decompression, may not exceed `max_response_bytes`; a larger
+  `Content-Length` is refused before anything is read, and a gzip bomb stops at the limit.
+
 Retries are limited to what cannot run a request twice: a refused connection (the server is
 still starting, the request was never sent) and HTTP 503 (the server said it did not take
 the request). A timeout or a dropped connection after the request went out is not retried.
+
+Credentials in the server's URL (`http://user:secret@host`) are sent as basic auth and never
+appear in a URL this client reports: `ServerSpec` keeps them apart from its URLs.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import functools
+import json
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util import parse_url
 
 from tfserving.errors import (
     ConnectionDropped,
     NotTFServing,
+    ResponseTooLarge,
     ServerError,
     ServerTimeout,
     ServerUnreachable,
 )
-from tfserving.metadata import ModelMetadata, parse_metadata
+from tfserving.metadata import ModelMetadata, field, parse_metadata
 from tfserving.spec import ServerSpec
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20  # 10x a 100-detection answer with every raw output
+_CHUNK = 2**16
+_HEADERS = {"Accept-Encoding": "gzip, deflate", "User-Agent": "tensorflow-serving-sidecar"}
 
 
 @dataclass(frozen=True)
@@ -55,24 +83,17 @@ class TFServingClient:
         retries: int = DEFAULT_RETRIES,
         backoff: float = 0.5,
         pool_size: int = 10,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.spec = spec
         self.timeout = timeout
-        retry = Retry(
-            total=None,
-            connect=retries,
-            status=retries,
-            status_forcelist=(503,),
-            read=False,  # re-raise read errors as they are: a timeout stays a timeout
-            other=0,
-            allowed_methods=None,  # 503 means "not processed", safe for POST :predict too
-            backoff_factor=backoff,
-            raise_on_status=False,  # hand back the last 503 so its body can be shown
-        )
-        adapter = HTTPAdapter(max_retries=retry, pool_connections=1, pool_maxsize=pool_size)
-        self.session = requests.Session()
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.retries = retries
+        self.backoff = backoff
+        self.max_response_bytes = max_response_bytes
+        self._pool = _pool(spec.base_url, pool_size)
+        self._headers = dict(_HEADERS)
+        if spec.credentials:
+            self._headers.update(urllib3.make_headers(basic_auth=spec.credentials))
         self._metadata: ModelMetadata | None = None
         self._lock = threading.Lock()
 
@@ -83,20 +104,11 @@ class TFServingClient:
         self.close()
 
     def close(self) -> None:
-        self.session.close()
+        self._pool.close()
 
     def status(self) -> list[VersionStatus]:
         """GET /v1/models/NAME[/versions/N]: the state of each version the server knows."""
-        body = self.get_json(self.spec.model_url)
-        return [
-            VersionStatus(
-                version=str(entry.get("version", "")),
-                state=entry.get("state", "UNKNOWN"),
-                error_code=entry.get("status", {}).get("error_code", ""),
-                error_message=entry.get("status", {}).get("error_message", ""),
-            )
-            for entry in body.get("model_version_status", [])
-        ]
+        return parse_status(self.get_json(self.spec.model_url))
 
     def metadata(self) -> ModelMetadata:
         """The model's signatures, fetched on first use and then cached (thread-safe)."""
@@ -113,46 +125,213 @@ class TFServingClient:
         return self._request("GET", url)
 
     def _request(self, method: str, url: str, body: bytes | None = None) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        deadline = _Deadline(self.timeout)
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                status, content_type, data = self._attempt(method, url, body, deadline)
+            except NewConnectionError as exc:  # refused, or no such host: never sent
+                if last or not deadline.sleep(self._backoff(attempt)):
+                    raise ServerUnreachable(url, _reason(exc)) from None
+                continue
+            if status == 503 and not last and deadline.sleep(self._backoff(attempt)):
+                continue  # "not taken": safe to send again, even a POST
+            return _decode(url, status, content_type, data)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _backoff(self, attempt: int) -> float:
+        """0, then backoff x 2, x 4, ...: urllib3's schedule (0, 1, 2 s with the default)."""
+        return 0.0 if attempt == 0 else self.backoff * 2**attempt
+
+    def _attempt(
+        self, method: str, url: str, body: bytes | None, deadline: _Deadline
+    ) -> tuple[int, str, bytearray]:
+        """One request: status, Content-Type and the decoded body, all within the deadline."""
+        headers = dict(self._headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise ServerTimeout(url, self.timeout)
+        _watched.deadline = deadline
+        response = None
         try:
-            response = self.session.request(
-                method, url, data=body, headers=headers, timeout=self.timeout
+            response = self._pool.urlopen(
+                method,
+                parse_url(url).request_uri,  # the pool knows the origin
+                body=body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                timeout=urllib3.Timeout(connect=remaining, read=remaining),
+                preload_content=False,
             )
-        except requests.ConnectTimeout as exc:
-            raise ServerUnreachable(url, "connection timed out") from exc
-        except requests.Timeout as exc:
-            raise ServerTimeout(url, self.timeout) from exc
-        except requests.ConnectionError as exc:
-            if _dropped(exc):
-                raise ConnectionDropped(url) from exc
-            raise ServerUnreachable(url, _reason(exc)) from exc
-        return _decode(url, response)
+            data = self._read(url, response)
+        except NewConnectionError:  # a ConnectTimeoutError too; _request retries it
+            raise
+        except ConnectTimeoutError:
+            raise ServerUnreachable(url, "connection timed out") from None
+        except (ReadTimeoutError, ProtocolError, DecodeError, OSError) as exc:
+            if deadline.expired or isinstance(exc, ReadTimeoutError):
+                raise ServerTimeout(url, self.timeout) from None
+            if isinstance(exc, DecodeError):
+                raise NotTFServing(url, response.status if response else 0, "", b"") from None
+            raise ConnectionDropped(url, _cut_off(exc)) from None
+        except SSLError as exc:
+            raise ServerUnreachable(url, f"TLS: {exc.args[0] if exc.args else exc}") from None
+        except HTTPError as exc:
+            raise ServerUnreachable(url, type(exc).__name__) from None
+        finally:
+            deadline.cancel()
+            _watched.deadline = None
+            if response is not None:
+                response.release_conn()
+        if deadline.expired:  # it struck as the last byte came: the connection is closed
+            raise ServerTimeout(url, self.timeout)
+        return response.status, response.headers.get("Content-Type", ""), data
+
+    def _read(self, url: str, response: urllib3.BaseHTTPResponse) -> bytearray:
+        """The whole (decompressed) answer, refused as soon as it passes the size limit."""
+        limit = self.max_response_bytes
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            response.close()
+            raise ResponseTooLarge(url, limit)
+        data = bytearray()
+        while chunk := response.read(_CHUNK, decode_content=True):
+            data += chunk
+            if len(data) > limit:
+                response.close()
+                raise ResponseTooLarge(url, limit)
+        return data
 
 
-def _decode(url: str, response: requests.Response) -> dict[str, Any]:
+def parse_status(body: dict[str, Any]) -> list[VersionStatus]:
+    """TF Serving's model status answer, each field read checked (MalformedAnswer otherwise)."""
+    status = functools.partial(field, what="model status")
+    versions = []
+    for i, entry in enumerate(status(body, "model_version_status", list, "", [])):
+        where = f"model_version_status[{i}]"
+        error = status(entry, "status", dict, where, {})
+        versions.append(
+            VersionStatus(
+                version=str(status(entry, "version", str | int, where, "")),
+                state=status(entry, "state", str, where, "UNKNOWN"),
+                error_code=str(status(error, "error_code", str | int, f"{where}.status", "")),
+                error_message=status(error, "error_message", str, f"{where}.status", ""),
+            )
+        )
+    return versions
+
+
+def _decode(url: str, status: int, content_type: str, data: bytearray) -> dict[str, Any]:
     """TF Serving always answers JSON; errors come as {"error": "..."} with a 4xx/5xx status."""
     try:
-        body = response.json()
-    except ValueError:  # HTML from a proxy, plain text, an empty body...
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # HTML from a proxy, plain text, "[[[[..." a mile deep
         body = None
     if not isinstance(body, dict):
-        raise NotTFServing(
-            url, response.status_code, response.headers.get("Content-Type", ""), response.content
-        )
-    if response.status_code >= 400 or "error" in body:
-        raise ServerError(url, response.status_code, str(body.get("error", response.text)))
+        raise NotTFServing(url, status, content_type, bytes(data[:200]))
+    if status >= 400 or "error" in body:
+        message = body.get("error", data[:500].decode("utf-8", "replace"))
+        raise ServerError(url, status, str(message))
     return body
 
 
-def _reason(exc: requests.ConnectionError) -> str:
-    """'Connection refused' rather than urllib3's three nested exception reprs."""
-    text = str(exc)
-    match = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    if match:
-        return match.group(1).strip()
-    return text
+class _Deadline:
+    """The end of one request's time, and the watchdog that enforces it.
+
+    Armed by `_WatchedConnection.request` on the connection that carries the request: at the
+    deadline it shuts the socket down, so whatever read or write is pending returns at once and
+    the client reports a timeout. Cancelled when the answer is in.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expires = time.monotonic() + seconds
+        self.expired = False
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return self.expires - time.monotonic()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep before a retry if the retry still has time after it; False if it would not."""
+        if self.remaining() <= seconds:
+            return False
+        time.sleep(seconds)
+        return True
+
+    def watch(self, connection: HTTPConnection) -> None:
+        self.cancel()
+        timer = threading.Timer(max(self.remaining(), 0.0), self._expire, (connection,))
+        timer.daemon = True
+        with self._lock:
+            self._timer = timer
+        timer.start()
+
+    def cancel(self) -> None:
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, connection: HTTPConnection) -> None:
+        with self._lock:
+            if self._timer is None:  # cancelled while the timer was firing
+                return
+            self.expired = True
+            sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
 
 
-def _dropped(exc: requests.ConnectionError) -> bool:
-    """The request went out but the connection closed before an answer (not a refusal)."""
-    return "Connection aborted" in str(exc) or "RemoteDisconnected" in str(exc)
+# The deadline of the request the current thread is making, for its connection to pick up.
+_watched = threading.local()
+
+
+class _WatchedConnection(HTTPConnection):
+    """An HTTP connection that arms the current request's deadline when it sends one."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        deadline = getattr(_watched, "deadline", None)
+        if deadline is not None:
+            deadline.watch(self)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    request = _WatchedConnection.request
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _pool(base_url: str, size: int) -> HTTPConnectionPool:
+    """One keep-alive pool for the server's origin; connections beyond `size` are not kept."""
+    url = parse_url(base_url)
+    pool_class = _HTTPSPool if url.scheme == "https" else _Pool
+    return pool_class(url.host, url.port, maxsize=size, block=False, retries=False)
+
+
+def _reason(exc: NewConnectionError) -> str:
+    """'Connection refused' rather than urllib3's nested message."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(exc).rpartition(": ")[2] or type(exc).__name__
+
+
+def _cut_off(exc: Exception) -> str | None:
+    """'after 10 of 250 bytes' when the answer was cut short, from urllib3's IncompleteRead."""
+    for arg in (exc, *getattr(exc, "args", ())):
+        partial, expected = getattr(arg, "partial", None), getattr(arg, "expected", None)
+        if isinstance(partial, int) and isinstance(expected, int):
+            return f"after {partial} of {partial + expected} bytes"
+    return None

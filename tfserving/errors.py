@@ -1,12 +1,22 @@
 """Exceptions whose messages tell the user what happened and what to try next.
 
-The CLI prints `str(error)` and exits non-zero; library users can catch TFServingError.
+The CLI prints `str(error)` and exits non-zero, adding the option to change where one exists
+(the messages here speak of the library, not of flags); library users catch TFServingError,
+or SidecarError for anything the project raises.
 """
 
 from __future__ import annotations
 
 
-class TFServingError(Exception):
+class SidecarError(Exception):
+    """The root of every error this project raises: catch it to catch them all.
+
+    Each package has its own root below it (TFServingError here, DetectionError, ServingError,
+    BuildError, DeployError), and every message is one line a user can act on.
+    """
+
+
+class TFServingError(SidecarError):
     """Base class for everything that can go wrong talking to TF Serving."""
 
 
@@ -20,11 +30,14 @@ class ServerUnreachable(TFServingError):
 
 
 class ConnectionDropped(TFServingError):
-    def __init__(self, url: str) -> None:
+    """The connection closed before the whole answer came; `cut_off` says how much came."""
+
+    def __init__(self, url: str, cut_off: str | None = None) -> None:
         self.url = url
+        what = f"the answer was cut off {cut_off}" if cut_off else "closed before an answer came"
         super().__init__(
-            f"the connection to {url} closed before an answer came: the server (or a proxy in "
-            "between) dropped the request; its log should say why"
+            f"the connection to {url} {what}: the server (or a proxy in between) dropped the "
+            "request; its log should say why"
         )
 
 
@@ -32,8 +45,22 @@ class ServerTimeout(TFServingError):
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
         super().__init__(
-            f"no answer from {url} within {timeout:g} s. The server may be overloaded or the "
-            "model slow on this input: raise --timeout, or check the server's load."
+            f"no answer from {url} within {timeout:g} s (the client's timeout for a whole "
+            "request). The server may be overloaded or the model slow on this input."
+        )
+        self.timeout = timeout
+
+
+class ResponseTooLarge(TFServingError):
+    """The answer (decompressed) is larger than the client accepts."""
+
+    def __init__(self, url: str, limit: int) -> None:
+        self.url = url
+        self.limit = limit
+        super().__init__(
+            f"the answer from {url} is larger than {limit / 2**20:g} MiB, the client's limit "
+            "(decompressed); a detection model's answer is far smaller, unless it returns "
+            "every raw output of a large batch"
         )
 
 
@@ -63,3 +90,11 @@ class NotTFServing(TFServingError):
 
 class UnsupportedSignature(TFServingError):
     """The model's signature is not one this client knows how to feed."""
+
+
+class SignatureNotFound(UnsupportedSignature):
+    """The model has no signature of the name asked for; the message lists those it has."""
+
+
+class UnfeedableInput(UnsupportedSignature):
+    """The signature's image input has a dtype no image encoding fits."""

@@ -2,16 +2,39 @@
 
 The client picks the payload encoding from the input's dtype, so the signature is parsed
 into small typed objects once instead of digging through nested dicts at every request.
+Every field read is checked on the way, since a proxy, another service or a bug can send
+anything: a missing or mistyped one is a MalformedAnswer that names it, not a KeyError or a
+ValueError traceback.
 """
 
 from __future__ import annotations
 
+import re
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
-from tfserving.errors import TFServingError, UnsupportedSignature
+from tfserving.conventions import DEFAULT_SIGNATURE
+from tfserving.errors import SignatureNotFound, TFServingError, UnsupportedSignature
 
-DEFAULT_SIGNATURE = "serving_default"
+_REQUIRED = object()
+_INTEGER = re.compile(r"-?[0-9]+")
+_KIND_NAMES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    bool: "true or false",
+    str | int: "a string or an integer",
+}
+
+
+class MalformedAnswer(TFServingError):
+    """An answer that is not what TF Serving sends: a field is missing or mistyped."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        super().__init__(
+            f"unexpected {what} from the server: {problem}; is the URL TF Serving's REST API?"
+        )
 
 
 @dataclass(frozen=True)
@@ -53,41 +76,86 @@ class ModelMetadata:
     def signature(self, name: str = DEFAULT_SIGNATURE) -> Signature:
         if name not in self.signatures:
             known = ", ".join(sorted(self.signatures)) or "none"
-            raise UnsupportedSignature(
-                f"model {self.model_name!r} has no signature {name!r} (it has: {known}); "
-                "pick one with --signature_name"
+            raise SignatureNotFound(
+                f"model {self.model_name!r} has no signature {name!r} (it has: {known})"
             )
         return self.signatures[name]
 
 
 def parse_metadata(body: dict[str, Any]) -> ModelMetadata:
-    """Read TF Serving's metadata JSON (model_spec + metadata.signature_def.signature_def)."""
-    try:
-        spec = body["model_spec"]
-        defs = body["metadata"]["signature_def"]["signature_def"]
-        signatures = {
-            name: Signature(
-                name=name,
-                method=definition.get("method_name", ""),
-                inputs=_tensors(definition.get("inputs", {})),
-                outputs=_tensors(definition.get("outputs", {})),
-            )
-            for name, definition in defs.items()
-            if not name.startswith("__")  # e.g. __saved_model_init_op, not callable
-        }
-        return ModelMetadata(spec["name"], str(spec.get("version", "")), signatures)
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise TFServingError(f"unexpected model metadata from the server (missing {exc})") from exc
+    """Read TF Serving's metadata JSON (model_spec + metadata.signature_def.signature_def).
+    Raises MalformedAnswer, naming the field, when a field read here is missing or mistyped."""
+    spec = field(body, "model_spec", dict, "")
+    version = field(spec, "version", str | int, "model_spec", "")
+    defs = field(body, "metadata", dict, "")
+    defs = field(defs, "signature_def", dict, "metadata")
+    defs = field(defs, "signature_def", dict, "metadata.signature_def")
+    signatures = {
+        name: _signature(name, definition, f"signature_def[{name!r}]")
+        for name, definition in defs.items()
+        if not name.startswith("__")  # e.g. __saved_model_init_op, not callable
+    }
+    return ModelMetadata(field(spec, "name", str, "model_spec"), str(version), signatures)
 
 
-def _tensors(infos: dict[str, Any]) -> tuple[TensorSpec, ...]:
-    return tuple(
-        TensorSpec(name, info.get("dtype", "DT_INVALID"), _shape(info.get("tensor_shape", {})))
-        for name, info in sorted(infos.items())
+def field(
+    container: Any,
+    key: str,
+    kind: Any,
+    where: str,
+    default: Any = _REQUIRED,
+    what: str = "model metadata",
+) -> Any:
+    """container[key], checked to be a `kind` (bool is not taken for a number). `where` is the
+    container's path in the answer, for the message ("" for the answer itself); `what` names
+    the answer. A missing key is `default`, or a MalformedAnswer when there is none."""
+    if not isinstance(container, dict):
+        raise MalformedAnswer(
+            what, f"{where or 'the answer'} is {reprlib.repr(container)}, not an object"
+        )
+    path = f"{where}.{key}" if where else key
+    if key not in container:
+        if default is _REQUIRED:
+            raise MalformedAnswer(what, f"{path} is missing")
+        return default
+    value = container[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        expected = _KIND_NAMES.get(kind, kind)
+        raise MalformedAnswer(what, f"{path} is {reprlib.repr(value)}, not {expected}")
+    return value
+
+
+def _signature(name: str, definition: Any, where: str) -> Signature:
+    return Signature(
+        name=name,
+        method=field(definition, "method_name", str, where, ""),
+        inputs=_tensors(field(definition, "inputs", dict, where, {}), f"{where}.inputs"),
+        outputs=_tensors(field(definition, "outputs", dict, where, {}), f"{where}.outputs"),
     )
 
 
-def _shape(proto: dict[str, Any]) -> tuple[int, ...] | None:
-    if proto.get("unknown_rank"):
+def _tensors(infos: dict[str, Any], where: str) -> tuple[TensorSpec, ...]:
+    tensors = []
+    for name, info in sorted(infos.items()):
+        here = f"{where}[{name!r}]"
+        dtype = field(info, "dtype", str, here, "DT_INVALID")
+        shape = _shape(field(info, "tensor_shape", dict, here, {}), f"{here}.tensor_shape")
+        tensors.append(TensorSpec(name, dtype, shape))
+    return tuple(tensors)
+
+
+def _shape(proto: dict[str, Any], where: str) -> tuple[int, ...] | None:
+    if field(proto, "unknown_rank", bool, where, False):
         return None
-    return tuple(int(dim.get("size", -1)) for dim in proto.get("dim", []))
+    dims = field(proto, "dim", list, where, [])
+    return tuple(_size(dim, f"{where}.dim[{i}]") for i, dim in enumerate(dims))
+
+
+def _size(dim: Any, where: str) -> int:
+    """A dimension: an int64, which proto3 JSON writes as a string ("-1"); -1 is unknown."""
+    size = field(dim, "size", str | int, where, -1)
+    if (isinstance(size, str) and not _INTEGER.fullmatch(size)) or int(size) < -1:
+        raise MalformedAnswer(
+            "model metadata", f"{where}.size is {reprlib.repr(size)}, not a dimension (-1 or more)"
+        )
+    return int(size)

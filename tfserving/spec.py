@@ -9,10 +9,10 @@ same model version.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
-DEFAULT_PORT = 8501  # TF Serving's REST port (gRPC is 8500)
+from tfserving.errors import TFServingError
 
 _MODEL_PATH = re.compile(
     r"^(?P<prefix>.*?)/v1/models/(?P<name>[^/:]+)"
@@ -21,18 +21,23 @@ _MODEL_PATH = re.compile(
 )
 
 
-class ServerSpecError(ValueError):
+class ServerSpecError(TFServingError):
     """The server was named in a way we cannot turn into TF Serving URLs."""
 
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """A model on a TF Serving REST endpoint; `base_url` may carry a proxy path prefix."""
+    """A model on a TF Serving REST endpoint; `base_url` may carry a proxy path prefix.
+
+    `credentials` ("user:password", from a URL's user info) are kept out of `base_url` and
+    of the repr, so no URL built here, printed or written to a file, carries a password.
+    """
 
     base_url: str
     model_name: str
     version: int | None = None
     label: str | None = None
+    credentials: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.version is not None and self.label is not None:
@@ -53,21 +58,29 @@ class ServerSpec:
         Version/label given explicitly override what the URL says.
         """
         parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ServerSpecError(f"not an http(s) URL: {url!r}")
-        origin = f"{parts.scheme}://{parts.netloc}"
+        userinfo, _, host = parts.netloc.rpartition("@")
+        shown = redact_url(url)
+        try:
+            valid_host = bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number, or beyond 65535
+            valid_host = False
+        if parts.scheme not in ("http", "https") or not valid_host:
+            raise ServerSpecError(f"not an http(s) URL: {shown!r}")
+        origin = f"{parts.scheme}://{host}"
+        credentials = unquote(userinfo) if userinfo else None
         match = _MODEL_PATH.match(parts.path)
         if match:
             url_version = int(match["version"]) if match["version"] else None
             if version is None and label is None:
                 version, label = url_version, match["label"]
-            return cls(origin + match["prefix"], model_name or match["name"], version, label)
+            name = model_name or match["name"]
+            return cls(origin + match["prefix"], name, version, label, credentials)
         if not model_name:
             raise ServerSpecError(
-                f"{url!r} does not name a model: use "
-                "http://HOST:PORT/v1/models/NAME:predict or add --model_name"
+                f"{shown!r} does not name a model: use http://HOST:PORT/v1/models/NAME:predict "
+                "or give the model name"
             )
-        return cls(origin + parts.path.rstrip("/"), model_name, version, label)
+        return cls(origin + parts.path.rstrip("/"), model_name, version, label, credentials)
 
     @classmethod
     def from_parts(
@@ -98,3 +111,14 @@ class ServerSpec:
     @property
     def metadata_url(self) -> str:
         return f"{self.model_url}/metadata"
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user info (`user:secret@`) replaced by `***`."""
+    scheme, sep, rest = url.rpartition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:***@{host}{slash}{path}"

@@ -1,4 +1,5 @@
-"""`client.py bench`: how fast a served model answers, and how many requests per second it holds.
+"""A TF Serving load tester (`client.py bench`): how fast a served model answers, and how many
+requests per second it holds. It knows request bodies, not what is in them: any model will do.
 
 Measured the way Triton's perf_analyzer measures: request bodies are built before the clock
 starts (the figures are the server's and the network's, not our JPEG decoder's); warm-up
