@@ -14,25 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from object_detection.images import load_image
-from object_detection.label_map import LabelMap, coco_label_map, load_label_map
-from object_detection.pipeline import (
-    DEFAULT_MAX_BOXES,
-    ENCODINGS,
-    RESULT_LAYOUT,
-    DetectOptions,
-    annotated_image_path,
-    choose_encoding,
-    detect,
-    dumps_json,
-    request_body,
-    write_annotated_image,
-    write_json,
-)
+from object_detection.options import DEFAULT_MAX_BOXES, ENCODINGS, DetectOptions
 from tfserving.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_RETRIES,
@@ -49,6 +35,12 @@ from tfserving.errors import (
     UnfeedableInput,
 )
 from tfserving.spec import ServerSpec, ServerSpecError
+
+if TYPE_CHECKING:
+    from object_detection.label_map import LabelMap
+
+# The pipeline (numpy, Pillow, label maps), the batch and bench code and tqdm are imported in
+# the commands that use them: `--help` and a typo answer without them (bench_cold_start.py).
 
 FILE = click.Path(dir_okay=False, path_type=Path)
 # Errors a user can fix (anything the project raises, and files): one line, exit 1, no traceback.
@@ -318,7 +310,8 @@ def predict(
 ) -> None:
     """Detect objects in one image (JSON with the detections, and optionally the picture),
     or in many: photos, directories and globs, with --output_dir."""
-    from object_detection.batch import names_one_file  # the batch machinery, only for predict
+    from object_detection.inputs import names_one_file
+    from object_detection.label_map import coco_label_map, load_label_map
 
     inputs = [*image_path, *paths]
     if not inputs:
@@ -356,6 +349,15 @@ def predict_one(
     output_image: Path | None,
 ) -> None:
     """The seed's single-image command: JSON to a file or stdout, a human summary."""
+    from object_detection.pipeline import (
+        RESULT_LAYOUT,
+        annotated_image_path,
+        detect,
+        write_annotated_image,
+        write_json,
+    )
+    from object_detection.strict_json import dumps_json
+
     with server.client() as client:
         result = detect(client, image_path, labels, options)
     warn_if_max_side_unused(options, result.encoding)
@@ -408,13 +410,9 @@ def predict_many(
     """Every image through the server, `workers` at a time, with a progress bar on stderr."""
     from tqdm import tqdm
 
-    from object_detection.batch import (
-        SUMMARY_NAME,
-        BatchOptions,
-        BatchTally,
-        iter_inputs,
-        run_batch,
-    )
+    from object_detection.batch import SUMMARY_NAME, BatchOptions, BatchTally, run_batch
+    from object_detection.inputs import iter_inputs
+    from object_detection.pipeline import choose_encoding
 
     batch = BatchOptions(output_dir, workers, save_image, resume)
     total = sum(1 for _ in iter_inputs(inputs, exclude=output_dir))  # a walk, no image read
@@ -517,6 +515,9 @@ def bench(
     Bodies are built before timing; warm-up requests are not counted; nothing is retried.
     Exit code 1 when any measured request failed.
     """
+    from object_detection.images import load_image
+    from object_detection.pipeline import choose_encoding, request_body
+    from object_detection.strict_json import dumps_json
     from tfserving.loadtest import format_report, run_bench
     from tfserving.loadtest import plot as draw_bench_plot
 
@@ -592,6 +593,9 @@ def status(server: ServerSettings, wait: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print TF Serving's answer as it is.")
 def metadata(server: ServerSettings, as_json: bool) -> None:
     """The model's signatures: inputs and outputs with dtypes and shapes."""
+    from object_detection.pipeline import choose_encoding
+    from object_detection.strict_json import dumps_json
+
     with server.client() as client:
         if as_json:
             click.echo(dumps_json(client.get_json(server.spec.metadata_url), depth=None))

@@ -7,8 +7,6 @@ can call `detect()` at once with one client.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 import time
@@ -24,33 +22,18 @@ from object_detection.detections import Detection, parse_detections
 from object_detection.errors import OutputError
 from object_detection.images import LoadedImage, load_image
 from object_detection.label_map import LabelMap
-from object_detection.visualize import draw_detections
+from object_detection.options import DetectOptions
+from object_detection.strict_json import dumps_json
 from tfserving.client import TFServingClient
-from tfserving.conventions import DEFAULT_SIGNATURE
 from tfserving.encoding import b64_request, pixels_request
 from tfserving.errors import UnfeedableInput
 from tfserving.metadata import TensorSpec
 
-ENCODINGS = ("auto", "b64", "pixels")
-# Detections kept per image unless asked otherwise: 10x what the zoo's SSD models return (100)
-# and 3x Faster R-CNN's (300), so a real model never reaches it, while an answer with a million
-# rows above the threshold costs its numpy checks, not a million Python objects and JSON lines.
-DEFAULT_MAX_BOXES = 1000
 _ENCODING_FOR_DTYPE = {"DT_STRING": "b64", "DT_UINT8": "pixels"}
 # The result document as written: its sections and the detections one a line, each output in
 # raw_response one a line, the numbers inside them on that line (see dumps_json).
 RESULT_LAYOUT = 2
-_ONE_LINE = json.JSONEncoder(allow_nan=False)
-
-
-@dataclass(frozen=True)
-class DetectOptions:
-    min_score: float = 0.5
-    max_boxes: int | None = DEFAULT_MAX_BOXES  # None: every detection above min_score
-    encoding: str = "auto"  # auto: from the signature's input dtype
-    signature_name: str = DEFAULT_SIGNATURE
-    keep_raw: bool = True  # keep the server's full answer in the result
-    max_side: int | None = None  # pixels: downscale so that neither side exceeds this
+_DEFAULTS = DetectOptions()
 
 
 @dataclass
@@ -109,7 +92,7 @@ def detect(
     client: TFServingClient,
     image_path: str | Path,
     label_map: LabelMap,
-    options: DetectOptions = DetectOptions(),
+    options: DetectOptions = _DEFAULTS,
 ) -> DetectionResult:
     """Detect objects in one image file. Raises ImageError or TFServingError subclasses."""
     started = time.perf_counter()
@@ -177,55 +160,13 @@ def write_json(result: DetectionResult, path: Path) -> None:
     _write_atomically(path, lambda file: file.write(data))
 
 
-def dumps_json(value: Any, depth: int | None = 0) -> str:
-    """Strict JSON text of `value`: what the client writes anywhere (files, stdout, the batch
-    summary) goes through here. TF Serving sends NaN and Infinity for float outputs and Python's
-    json reads them, but they are not JSON: any non-finite float becomes null.
-
-    `depth` is how many levels of containers get one entry a line (0: all on one line, None:
-    every level, like indent=2). Deeper values are written on one line by the C encoder: the
-    pure-Python one behind `indent` took over 30 of the 45 s a million-detection answer cost.
-    """
-    try:
-        return _layout(value, depth)
-    except ValueError:  # a NaN or an infinity somewhere: the rare case pays for the walk
-        return _layout(_nulls_for_non_finite(value), depth)
-
-
-def _layout(value: Any, depth: int | None, level: int = 0) -> str:
-    if depth is None:
-        return json.dumps(value, indent=2, allow_nan=False)
-    if level >= depth or not value or not isinstance(value, dict | list | tuple):
-        return _ONE_LINE.encode(value)
-    if isinstance(value, dict):
-        entries = [
-            f"{_ONE_LINE.encode(str(key))}: {_layout(item, depth, level + 1)}"
-            for key, item in value.items()
-        ]
-        brackets = "{}"
-    else:
-        entries = [_layout(item, depth, level + 1) for item in value]
-        brackets = "[]"
-    indent = "\n" + "  " * (level + 1)
-    return f"{brackets[0]}{indent}{f',{indent}'.join(entries)}\n{'  ' * level}{brackets[1]}"
-
-
-def _nulls_for_non_finite(value: Any) -> Any:
-    """`value` with every NaN and infinity replaced by None (null)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _nulls_for_non_finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_nulls_for_non_finite(item) for item in value]
-    return value
-
-
 def write_annotated_image(result: DetectionResult, path: Path) -> None:
     """JPEG with the boxes drawn; refuses to overwrite the input photo."""
     # realpath, not resolve(): resolve() raises on a symlink loop (Python < 3.13).
     if os.path.realpath(path) == os.path.realpath(result.image.path):
         raise OutputError(f"{path} is the input image: choose another output name")
+    from object_detection.visualize import draw_detections  # ImageDraw, fonts: when drawing
+
     picture = draw_detections(result.image.image, result.detections)
     _write_atomically(path, lambda file: picture.save(file, "JPEG", quality=95, subsampling=0))
 

@@ -1,0 +1,24 @@
+"""What a detection request can be asked to do, and the defaults: a module of its own so the
+CLI can declare its options (and answer --help) without importing the pipeline behind them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tfserving.conventions import DEFAULT_SIGNATURE
+
+ENCODINGS = ("auto", "b64", "pixels")
+# Detections kept per image unless asked otherwise: 10x what the zoo's SSD models return (100)
+# and 3x Faster R-CNN's (300), so a real model never reaches it, while an answer with a million
+# rows above the threshold costs its numpy checks, not a million Python objects and JSON lines.
+DEFAULT_MAX_BOXES = 1000
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    min_score: float = 0.5
+    max_boxes: int | None = DEFAULT_MAX_BOXES  # None: every detection above min_score
+    encoding: str = "auto"  # auto: from the signature's input dtype
+    signature_name: str = DEFAULT_SIGNATURE
+    keep_raw: bool = True  # keep the server's full answer in the result
+    max_side: int | None = None  # pixels: downscale so that neither side exceeds this
