@@ -7,20 +7,22 @@ which makes sure the base image is there, copies the model in, commits and pushe
 The container is created but never started: `put_archive` and `commit` work on a created
 container, and a server that never runs cannot be half-way through loading when we commit it,
 nor need a kill. Every Docker failure comes out as `BuildError` with a message for the user.
+
+Nothing here writes to the terminal: steps are logged (`logging`, logger "image_builder.builder")
+and transfers reported as `Progress` events to the `on_progress` callback, if one is given.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from posixpath import join as posix_join
 
 import docker
 import requests
@@ -29,23 +31,21 @@ from docker.errors import APIError, DockerException, ImageNotFound
 from docker.models.containers import Container
 from docker.models.images import Image
 from docker.utils import parse_repository_tag
-from tqdm import tqdm
 
-from image_builder.model_dir import ModelArchive, ModelVersion
-from image_builder.progress import RegistryError, follow
-from image_builder.reference import ImageReference
+from image_builder.errors import BuildError
+from image_builder.model_dir import ModelArchive, ModelTree
+from image_builder.progress import Progress, ProgressCallback, RegistryError, follow
+from image_builder.reference import ImageReference, check_base_image, check_model_name
+from tfserving.conventions import MODEL_BASE_PATH, model_path
+
+log = logging.getLogger(__name__)
 
 # Build containers are named PREFIX + PID + "-" + random: `docker ps -a --filter
 # name=tfs-sidecar-build-` finds them, and the PID tells which build made one (tests check
 # their own builds only, while others share the daemon). Not a label: `docker commit` copies
 # the container's labels into the image, so every container run from it would carry the label.
 CONTAINER_PREFIX = "tfs-sidecar-build-"
-DEFAULT_MODEL_BASE_PATH = "/models"  # tensorflow/serving's MODEL_BASE_PATH
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-class BuildError(Exception):
-    """A step failed; the message says which step, the daemon's or registry's reason, what to do."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def cleanup_step(what: str, by_hand: str) -> Iterator[None]:
         except docker.errors.NotFound:
             pass
         except (DockerException, requests.RequestException) as exc:
-            print(f"warning: could not remove {what}: {exc}; run `{by_hand}`", file=sys.stderr)
+            log.warning("could not remove %s: %s; run `%s`", what, exc, by_hand)
 
 
 class BuildContainer:
@@ -182,15 +182,14 @@ class BuildContainer:
             self.client.api.remove_container(self.name, force=True, v=True)
         self.container = None
 
-    def copy(self, archive: ModelArchive) -> None:
+    def copy(self, archive: ModelArchive, on_progress: ProgressCallback | None = None) -> None:
         """Stream the model tar into the container's root; Docker reads it as it is generated."""
         assert self.container is not None, "use BuildContainer in a with block"
-        print(f"copying model ({archive.size / 1e6:.1f} MB) into {self.name}", file=sys.stderr)
-        with (
-            docker_step("copying the model into the container"),
-            tqdm(total=archive.size, unit="B", unit_scale=True, desc="copy", disable=None) as bar,
-        ):
-            self.container.put_archive("/", _counted(archive, bar))
+        log.info("copying model (%.1f MB) into %s", archive.size / 1e6, self.name)
+        with docker_step("copying the model into the container"):
+            self.container.put_archive("/", _counted(archive, on_progress))
+        if on_progress:
+            on_progress(Progress("copy", archive.size, archive.size, finished=True))
 
     def commit(self, reference: ImageReference, changes: list[str]) -> str:
         """Commit the container as `reference`; returns the new image's id.
@@ -199,7 +198,7 @@ class BuildContainer:
         and the block's end then removes the image.
         """
         assert self.container is not None, "use BuildContainer in a with block"
-        print(f"committing {reference}", file=sys.stderr, flush=True)
+        log.info("committing %s", reference)
         with docker_step(f"committing {reference}"), signals_deferred():
             self.image_id = self.client.api.commit(
                 self.container.id,
@@ -211,18 +210,32 @@ class BuildContainer:
         return self.image_id
 
 
-def _counted(chunks: ModelArchive, bar: tqdm) -> Iterator[bytes]:
-    for chunk in chunks:
-        bar.update(len(chunk))
+def _counted(archive: ModelArchive, on_progress: ProgressCallback | None) -> Iterator[bytes]:
+    """The archive's chunks, reporting the bytes handed to the daemon so far."""
+    done = 0
+    for chunk in archive:
         yield chunk
+        done += len(chunk)
+        if on_progress:
+            on_progress(Progress("copy", done, archive.size))
 
 
 class ImageBuilder:
-    """Base image → container with the model → committed, tagged image → pushed digest."""
+    """Base image → container with the model → committed, tagged image → pushed digest.
 
-    def __init__(self, client: docker.DockerClient, credentials: Credentials | None = None) -> None:
+    Quiet unless asked: `on_progress` receives the copy's and every layer's Progress, and the
+    steps are logged at INFO.
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        credentials: Credentials | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
         self.client = client
         self.credentials = credentials
+        self.on_progress = on_progress
 
     def _auth(self, reference: str) -> dict | None:
         return self.credentials.for_image(reference) if self.credentials else None
@@ -235,7 +248,7 @@ class ImageBuilder:
             except ImageNotFound:
                 pass
         repository, tag = parse_repository_tag(reference)
-        print(f"base image {reference} not found locally: pulling it", file=sys.stderr)
+        log.info("base image %s not found locally: pulling it", reference)
         with docker_step(f"pulling base image {reference} (not found locally)"):
             events = self.client.api.pull(
                 repository,
@@ -244,28 +257,31 @@ class ImageBuilder:
                 decode=True,
                 auth_config=self._auth(reference),
             )
-            follow(events, "pull")
+            follow(events, "pull", self.on_progress)
             return self.client.images.get(reference)
 
     def build(
         self,
-        versions: list[ModelVersion],
+        model: ModelTree,
         model_name: str,
         base_image: str,
         target: ImageReference,
     ) -> str:
-        """Commit the base image plus the model as `target`; returns the image id.
+        """Commit the base image plus the model (from `scan_model`) as `target`; returns the
+        image id.
 
         The model goes to MODEL_BASE_PATH/MODEL_NAME/VERSION/, with MODEL_BASE_PATH read from
         the base image (tensorflow/serving sets /models), and MODEL_NAME is set so the image's
-        entrypoint serves it.
+        entrypoint serves it. The names are checked first, as `target` was when it was made: the
+        daemon would refuse a bad one only at the commit, after the copy.
         """
-        base = self.ensure_base_image(base_image)
+        check_model_name(model_name)
+        base = self.ensure_base_image(check_base_image(base_image))
         env = dict(e.split("=", 1) for e in base.attrs["Config"].get("Env") or [] if "=" in e)
-        model_root = posix_join(env.get("MODEL_BASE_PATH", DEFAULT_MODEL_BASE_PATH), model_name)
-        archive = ModelArchive(versions, model_root)
+        model_root = model_path(model_name, env.get("MODEL_BASE_PATH", MODEL_BASE_PATH))
+        archive = ModelArchive(model, model_root)
         with BuildContainer(self.client, base.id) as box:
-            box.copy(archive)
+            box.copy(archive, self.on_progress)
             return box.commit(target, [f"ENV MODEL_NAME {model_name}"])
 
     def push(self, target: ImageReference) -> str:
@@ -278,7 +294,7 @@ class ImageBuilder:
                 decode=True,
                 auth_config=self._auth(target.repository),
             )
-            aux = follow(events, "push")
+            aux = follow(events, "push", self.on_progress)
         digest = aux.get("Digest", "")
         if not DIGEST_RE.fullmatch(digest):
             raise BuildError(f"pushing {target} ended without a digest from the registry ({aux})")

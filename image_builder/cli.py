@@ -1,7 +1,10 @@
 """`build_image.py`: package a SavedModel into a TF Serving image, push it, pin its digest.
 
 Progress goes to stderr, the result to stdout (the digest reference, or JSON with --json), so
-`REF=$(python build_image.py ... --push)` works in scripts.
+`REF=$(python build_image.py ... --push)` works in scripts. The library only logs and reports
+Progress events; this module turns them into stderr lines and tqdm bars, and the library's
+errors into one `Error:` line, adding the option that changes the outcome where there is one
+(the library's messages never name a flag).
 """
 
 from __future__ import annotations
@@ -13,20 +16,26 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from docker.auth import resolve_repository_name
 
 from deploy.manifest import ManifestError, set_deployment_image
-from image_builder.builder import BuildError, Credentials, ImageBuilder, connect
-from image_builder.model_dir import ModelDirError, find_versions
+from image_builder.builder import Credentials, ImageBuilder, connect
+from image_builder.model_dir import OutsideLinkError, scan_model
+from image_builder.progress import Progress
 from image_builder.reference import (
     ImageReference,
-    ReferenceError,
+    check_base_image,
     check_model_name,
     image_reference,
 )
+from tfserving.console import log_on_stderr
+from tfserving.errors import SidecarError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 PASSWORD_ENV = "REGISTRY_PASSWORD"
 # A fixed release, not :latest, so the same command builds the same image next month.
@@ -81,6 +90,45 @@ def _check_manifest(manifest: Path, target: ImageReference) -> None:
             raise click.ClickException(f"--manifest {manifest}: {exc}") from None
 
 
+class _ProgressDisplay:
+    """The builder's Progress events: a tqdm bar for the copy and for each layer on a terminal;
+    otherwise (CI logs) one line per finished layer. tqdm is imported only to draw a bar."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.bars: dict[tuple[str, str | None], tqdm] = {}
+
+    def __enter__(self) -> _ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for bar in self.bars.values():  # those a failure cut short; a closed bar ignores it
+            bar.close()
+
+    def __call__(self, event: Progress) -> None:
+        if self.interactive:
+            self._draw(event)
+        elif event.finished and event.layer:
+            click.echo(f"{event.phase} {event.layer}: {event.status}", err=True)
+
+    def _draw(self, event: Progress) -> None:
+        key = (event.phase, event.layer)
+        bar = self.bars.get(key)
+        if bar is None:
+            from tqdm import tqdm
+
+            desc = f"{event.phase} {event.layer}" if event.layer else event.phase
+            bar = self.bars[key] = tqdm(desc=desc, unit="B", unit_scale=True, leave=True)
+        if event.total is not None:
+            bar.total = max(event.total, event.done)  # pushes may count past the estimate
+            bar.n = event.done
+        if event.status:
+            bar.set_postfix_str(event.status, refresh=False)
+        bar.refresh()
+        if event.finished:
+            bar.close()  # drawn for good, before the next log line
+
+
 def _interrupted(signum: int, frame: object) -> NoReturn:
     """SIGTERM behaves like Ctrl-C: unwind through every `finally`, removing the container."""
     raise KeyboardInterrupt
@@ -114,6 +162,11 @@ def _interrupted(signum: int, frame: object) -> NoReturn:
 @click.option(
     "--password_stdin", "--password-stdin", is_flag=True, help="Read the password from stdin."
 )
+@click.option(
+    "--follow_symlinks",
+    is_flag=True,
+    help="Copy what symlinks leading out of the model dir point to (refused otherwise).",
+)
 def main(
     model_dir: Path,
     model_name: str,
@@ -127,6 +180,7 @@ def main(
     manifest: Path | None,
     username: str | None,
     password_stdin: bool,
+    follow_symlinks: bool,
 ) -> None:
     """Build a TF Serving image holding MODEL_DIR as /models/MODEL_NAME/VERSION, optionally push it.
 
@@ -138,18 +192,20 @@ def main(
         raise click.UsageError("--manifest needs --push: only a pushed image has a digest")
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupted)
     try:
-        # Everything that can be checked without Docker is checked first.
-        check_model_name(model_name)
-        versions = find_versions(model_dir, version)
-        target = image_reference(registry, image or f"{model_name.lower()}_serving", tag)
-        credentials = _credentials(username, password_stdin, target.repository)
-        if manifest:
-            _check_manifest(manifest, target)
+        with log_on_stderr("image_builder"), _ProgressDisplay() as progress:
+            # Everything that can be checked without Docker is checked first.
+            check_model_name(model_name)
+            check_base_image(base_image)
+            target = image_reference(registry, image or f"{model_name.lower()}_serving", tag)
+            credentials = _credentials(username, password_stdin, target.repository)
+            if manifest:
+                _check_manifest(manifest, target)
+            model = scan_model(model_dir, version, follow_symlinks=follow_symlinks)
 
-        builder = ImageBuilder(connect(), credentials)
-        image_id = builder.build(versions, model_name, base_image, target)
-        click.echo(f"built {target} ({image_id})", err=True)
-        digest = builder.push(target) if push else None
+            builder = ImageBuilder(connect(), credentials, progress)
+            image_id = builder.build(model, model_name, base_image, target)
+            click.echo(f"built {target} ({image_id})", err=True)
+            digest = builder.push(target) if push else None
         reference = target.with_digest(digest) if digest else None
         if manifest and reference:
             try:
@@ -157,7 +213,9 @@ def main(
             except (ManifestError, OSError) as exc:
                 raise click.ClickException(f"pushed {reference}, but {manifest}: {exc}") from None
             click.echo(f"{manifest}: image set to {reference}", err=True)
-    except (ModelDirError, ReferenceError, BuildError) as exc:
+    except OutsideLinkError as exc:
+        raise click.ClickException(f"{exc}; pass --follow_symlinks to copy it") from None
+    except SidecarError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted; the build container was removed", err=True)
@@ -172,7 +230,7 @@ def main(
             "digest": digest,
             "reference": reference,
             "model_name": model_name,
-            "versions": [v.number for v in versions],
+            "versions": [v.number for v in model.versions],
             "manifest": str(manifest) if manifest else None,
         }
         click.echo(json.dumps(result, indent=2))

@@ -15,6 +15,8 @@ import sys
 import tarfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
@@ -23,11 +25,13 @@ from click.testing import CliRunner, Result
 from docker.errors import ImageNotFound
 
 from deploy.validate import load_documents, validate_documents
-from image_builder.builder import BuildContainer
-from image_builder.cli import PASSWORD_ENV, main
-from image_builder.progress import follow
-from tests.conftest import MANIFEST, PIXEL_MODEL, ROOT
-from tests.docker_support import (
+from image_builder.builder import CONTAINER_PREFIX, BuildContainer, ImageBuilder
+from image_builder.cli import PASSWORD_ENV, _ProgressDisplay, main
+from image_builder.model_dir import scan_model
+from image_builder.progress import Progress, follow
+from image_builder.reference import image_reference
+from sidecar_testing.data import MANIFEST, PIXEL_MODEL, ROOT
+from sidecar_testing.docker import (
     REGISTRY_PASSWORD,
     REGISTRY_USER,
     DockerCleanup,
@@ -54,6 +58,55 @@ def model_args(base_image: str, *more: str) -> list[str]:
         base_image,
         *more,
     ]
+
+
+def image_files(
+    client: docker.DockerClient, image: str, path: str
+) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
+    """What `image` holds under `path` (member, and content for a file), read back from a
+    container of it that is created, never started."""
+    container = client.containers.create(image, name=f"test-read-{uuid.uuid4().hex}")
+    try:
+        chunks, _ = container.get_archive(path)
+        data = b"".join(chunks)
+    finally:
+        container.remove(force=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {
+            m.name: (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()
+        }
+
+
+@contextmanager
+def nothing_created(client: docker.DockerClient, repository: str) -> Iterator[None]:
+    """Assert that the block creates no build container and no image of `repository`.
+
+    The daemon's lists are compared before and after, and its event log is read for the
+    block's duration: a container created and removed again would leave the lists as they
+    were. Only what this test's build could make counts (containers named for this process,
+    images of `repository`): other processes' builds may share the daemon.
+    """
+    prefix = f"{CONTAINER_PREFIX}{os.getpid()}-"
+
+    def listed() -> tuple[list[str], list[str]]:
+        images = client.api.images(all=True, name=repository)
+        return build_containers(client, os.getpid()), sorted(i["Id"] for i in images)
+
+    start_ns = time.time_ns()
+    before = listed()
+    yield
+    assert listed() == before
+    events = client.api.events(since=start_ns // 10**9, until=f"{time.time():.9f}", decode=True)
+    ours = [
+        event
+        for event in events
+        if event["timeNano"] >= start_ns
+        and (
+            event["Actor"]["Attributes"].get("name", "").startswith(prefix)
+            or repository in event["Actor"]["Attributes"].get("name", "")
+        )
+    ]
+    assert not ours, ours
 
 
 def assert_clean_failure(result: Result, message: str) -> None:
@@ -100,25 +153,17 @@ def test_build_push_and_pull_back_by_digest(
     assert "MODEL_NAME=ssd" in env
     assert "MODEL_BASE_PATH=/models" in env  # the base image's contract is kept
 
-    container = docker_client.containers.create(pulled.id, name=f"test-read-{uuid.uuid4().hex}")
-    try:
-        chunks, _ = container.get_archive("/models/ssd")
-        data = b"".join(chunks)
-    finally:
-        container.remove(force=True)
+    files = image_files(docker_client, pulled.id, "/models/ssd")
     source = PIXEL_MODEL / "1"
     expected = {"ssd", "ssd/1"} | {
         f"ssd/1/{p.relative_to(source).as_posix()}" for p in source.rglob("*")
     }
-    with tarfile.open(fileobj=io.BytesIO(data)) as packed:
-        members = {m.name: m for m in packed.getmembers()}
-        assert members.keys() == expected
-        for name, member in members.items():
-            assert member.mode & 0o777 == (0o755 if member.isdir() else 0o644), name
-            assert member.uid == 0, name
-            if member.isfile():
-                original = (source / Path(name).relative_to("ssd/1")).read_bytes()
-                assert packed.extractfile(member).read() == original, name
+    assert files.keys() == expected
+    for name, (member, content) in files.items():
+        assert member.mode & 0o777 == (0o755 if member.isdir() else 0o644), name
+        assert member.uid == 0, name
+        if member.isfile():
+            assert content == (source / Path(name).relative_to("ssd/1")).read_bytes(), name
 
 
 @pytest.mark.parametrize("auth", [False, True], ids=["open registry", "htpasswd registry"])
@@ -233,6 +278,136 @@ def test_failures_are_clear_and_leave_no_container(
     assert not docker_cleanup.left()  # and again at teardown, after the images are removed
 
 
+def small_model(base: Path) -> Path:
+    """A base path holding version 1 of a fake SavedModel, saved_model.pb being b"pb 1"."""
+    (base / "1" / "variables").mkdir(parents=True)
+    (base / "1" / "saved_model.pb").write_bytes(b"pb 1")
+    (base / "1" / "variables" / "variables.index").write_bytes(b"index")
+    return base
+
+
+def linked_out(tmp_path: Path) -> tuple[Path, Path]:
+    """A model whose version 1 has a symlink to a file outside the model dir (and the file)."""
+    base = small_model(tmp_path / "model")
+    outside = tmp_path / "notes.txt"
+    outside.write_text("from outside the model dir")
+    (base / "1" / "variables" / "notes").symlink_to(outside)
+    return base, outside
+
+
+def test_nothing_created_sees_a_container_made_and_removed(
+    docker_client: docker.DockerClient, tiny_base_image: str, docker_cleanup: DockerCleanup
+) -> None:
+    """The check the refusals below rely on is not blind: a build container counts."""
+    with (
+        pytest.raises(AssertionError),
+        nothing_created(docker_client, "unused"),
+        BuildContainer(docker_client, tiny_base_image),
+    ):
+        pass
+
+
+def test_link_out_of_the_model_dir_is_refused_before_docker(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    tiny_base_image: str,
+    docker_cleanup: DockerCleanup,
+) -> None:
+    base, outside = linked_out(tmp_path)
+    name = f"linked_{uuid.uuid4().hex[:8]}"
+    docker_cleanup.image(f"{name}_serving:v0.1.0")
+    with nothing_created(docker_client, f"{name}_serving"):
+        result = build("--model_dir", str(base), "--model_name", name,
+                       "--base_image", tiny_base_image)  # fmt: skip
+    assert_clean_failure(result, f"Error: 1/variables/notes is a symlink to {outside}, outside")
+    assert result.output.rstrip().endswith("; pass --follow_symlinks to copy it")
+    assert result.output.count("\n") == 1, result.output
+
+
+def test_follow_symlinks_copies_what_the_link_points_to(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    tiny_base_image: str,
+    docker_cleanup: DockerCleanup,
+) -> None:
+    base, outside = linked_out(tmp_path)
+    name = f"linked_{uuid.uuid4().hex[:8]}"
+    target = docker_cleanup.image(f"{name}_serving:v0.1.0")
+    result = build("--model_dir", str(base), "--model_name", name,
+                   "--base_image", tiny_base_image, "--follow_symlinks")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    member, content = image_files(docker_client, target, f"/models/{name}")[
+        f"{name}/1/variables/notes"
+    ]
+    assert member.isfile() and member.mode & 0o777 == 0o644
+    assert content == outside.read_bytes()
+
+
+def test_links_inside_the_model_dir_are_copied_as_content(
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    tiny_base_image: str,
+    docker_cleanup: DockerCleanup,
+) -> None:
+    base = small_model(tmp_path / "model")
+    (base / "2").symlink_to("1")
+    (base / "1" / "alias.pb").symlink_to("saved_model.pb")
+    name = f"inside_{uuid.uuid4().hex[:8]}"
+    target = docker_cleanup.image(f"{name}_serving:v0.1.0")
+    result = build("--model_dir", str(base), "--model_name", name,
+                   "--base_image", tiny_base_image)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    files = image_files(docker_client, target, f"/models/{name}")
+    for path in ("1/alias.pb", "2/saved_model.pb", "2/alias.pb"):
+        member, content = files[f"{name}/{path}"]
+        assert member.isfile(), path  # not a link: the image is self-contained
+        assert content == b"pb 1", path
+    assert files[f"{name}/2"][0].isdir()
+
+
+@pytest.mark.parametrize(
+    ("link", "message"),
+    [("x", "1/x is a symlink loop"), ("nowhere", "1/x is a dangling symlink")],
+)
+def test_loop_and_dangling_link_are_one_line_before_docker(
+    link: str,
+    message: str,
+    tmp_path: Path,
+    docker_client: docker.DockerClient,
+    tiny_base_image: str,
+    docker_cleanup: DockerCleanup,
+) -> None:
+    base = small_model(tmp_path / "model")
+    (base / "1" / "x").symlink_to(link)
+    name = f"broken_{uuid.uuid4().hex[:8]}"
+    with nothing_created(docker_client, f"{name}_serving"):
+        result = build("--model_dir", str(base), "--model_name", name,
+                       "--base_image", tiny_base_image, "--follow_symlinks")  # fmt: skip
+    assert_clean_failure(result, f"Error: {message}")
+    assert result.output.count("\n") == 1, result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--tag", "vü"], "invalid tag 'vü'"),
+        (["--image", "ssdü"], "invalid image name 'ssdü'"),
+        (["--registry", "127.0.0.1:5000/teamü"], "invalid registry"),
+        (["--base_image", "tinyü:1"], "invalid base image 'tinyü:1'"),
+    ],
+)
+def test_non_ascii_names_are_refused_before_any_container(
+    extra: list[str],
+    message: str,
+    docker_client: docker.DockerClient,
+    tiny_base_image: str,
+    docker_cleanup: DockerCleanup,
+) -> None:
+    with nothing_created(docker_client, "ssd_serving"):
+        result = build(*model_args(tiny_base_image), *extra)
+    assert_clean_failure(result, message)
+
+
 def test_manifest_gets_the_digest_and_nothing_else(
     tmp_path: Path,
     local_registry: LocalRegistry,
@@ -324,3 +499,53 @@ def test_build_container_is_removed_when_the_block_fails(
         assert len(docker_cleanup.left()) == 1
         raise RuntimeError("boom")
     assert not docker_cleanup.left()
+
+
+def test_image_builder_is_quiet_from_python_and_reports_to_a_callback(
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    docker_client: docker.DockerClient,
+    tiny_base_image: str,
+    docker_cleanup: DockerCleanup,
+) -> None:
+    """No callback, no output (not even a bar on the terminal's fd); with one, the copy's
+    progress arrives as data, ending with a finished event for all the bytes."""
+    model = scan_model(small_model(tmp_path / "model"))
+    quiet, reported = (image_reference(None, f"quiet_{uuid.uuid4().hex[:8]}", t) for t in "ab")
+    for target in (quiet, reported):
+        docker_cleanup.image(str(target))
+    ImageBuilder(docker_client).build(model, "quiet", tiny_base_image, quiet)
+    assert capfd.readouterr() == ("", "")
+
+    events: list[Progress] = []
+    ImageBuilder(docker_client, on_progress=events.append).build(
+        model, "quiet", tiny_base_image, reported
+    )
+    assert capfd.readouterr() == ("", "")
+    assert {e.phase for e in events} == {"copy"}
+    assert events[-1].finished and events[-1].done == events[-1].total
+    assert [e.done for e in events] == sorted(e.done for e in events)
+
+
+def test_cli_progress_lines_off_a_terminal_and_bars_on_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Off a terminal: one line per finished layer, nothing for the copy. On one: tqdm bars."""
+    events = [
+        Progress("copy", 512, 1024),
+        Progress("copy", 1024, 1024, finished=True),
+        Progress("push", 10, 100, "abc123", "Pushing"),
+        Progress("push", 0, None, "abc123", "Pushed", finished=True),
+    ]
+    with _ProgressDisplay() as display:
+        for event in events:
+            display(event)
+    assert capsys.readouterr().err == "push abc123: Pushed\n"
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with _ProgressDisplay() as display:
+        for event in events:
+            display(event)
+    drawn = capsys.readouterr().err
+    assert "copy" in drawn and "push abc123" in drawn and "Pushed" in drawn
+    assert "push abc123: Pushed\n" not in drawn
