@@ -46,11 +46,13 @@ import requests
 
 from benchmarks.bench_client_encoding import seed_body
 from benchmarks.measure import medians_side_by_side, report_targets
-from object_detection.batch import BatchOptions, iter_inputs, run_batch
+from object_detection.batch import BatchOptions, run_batch
+from object_detection.inputs import iter_inputs
 from object_detection.label_map import load_label_map
-from object_detection.pipeline import DetectOptions, detect
-from tests.conftest import IMAGE1, IMAGE2, PIXEL_MODEL, ROOT, SHARED_LABELS
-from tests.servers import LocalServer
+from object_detection.options import DetectOptions
+from object_detection.pipeline import detect
+from sidecar_testing.data import IMAGE1, IMAGE2, PIXEL_MODEL, ROOT, SHARED_LABELS
+from sidecar_testing.servers import LocalServer
 from tfserving.client import TFServingClient
 from tfserving.spec import ServerSpec
 

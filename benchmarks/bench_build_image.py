@@ -26,7 +26,7 @@ from pathlib import Path
 import docker
 
 from benchmarks.measure import report_targets
-from tests.docker_support import LocalRegistry, import_tiny_base_image, remove_image
+from sidecar_testing.docker import LocalRegistry, import_tiny_base_image, remove_image
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RSS_MB = 200

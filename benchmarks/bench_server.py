@@ -22,8 +22,8 @@ from PIL import Image
 
 from benchmarks.measure import medians_side_by_side, report_targets
 from serving.model import ServedModel
-from tests.conftest import ENCODED_MODEL, IMAGE2, PIXEL_MODEL
-from tests.servers import LocalServer
+from sidecar_testing.data import ENCODED_MODEL, IMAGE2, PIXEL_MODEL
+from sidecar_testing.servers import LocalServer
 from tfserving.encoding import b64_request, pixels_request
 
 # The targets are for what client.py sends; json.dumps's ", " body (what other clients

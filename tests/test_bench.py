@@ -6,9 +6,9 @@ import pytest
 
 from object_detection.images import load_image
 from object_detection.pipeline import request_body
-from tests.conftest import IMAGE1, IMAGE2
-from tests.test_batch import predict_requests, wait_for_requests
-from tests.test_client import run
+from sidecar_testing.cli import run
+from sidecar_testing.data import IMAGE1, IMAGE2
+from sidecar_testing.servers import predict_requests, wait_for_requests
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LATENCY_ORDER = ["min", "p50", "p90", "p95", "p99", "max"]

@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import IMAGE1
-from tests.servers import HOST, free_port
-from tests.test_client import run
+from sidecar_testing.cli import run
+from sidecar_testing.data import IMAGE1, STUB_DETECTIONS
+from sidecar_testing.servers import HOST, free_port
 
 METADATA = {
     "model_spec": {"name": "m", "signature_name": "", "version": "1"},
@@ -36,12 +36,7 @@ METADATA = {
         }
     },
 }
-DOG = {
-    "detection_boxes": [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]],
-    "detection_classes": [18.0, 1.0],
-    "detection_scores": [0.9, 0.1],
-    "num_detections": 2.0,
-}
+DOG = STUB_DETECTIONS
 
 
 def status_body(state):

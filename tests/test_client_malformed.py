@@ -23,21 +23,16 @@ import pytest
 import requests
 
 from object_detection.batch import SUMMARY_NAME
-from object_detection.pipeline import DEFAULT_MAX_BOXES
+from object_detection.options import DEFAULT_MAX_BOXES
 from sidecar_testing.cli import run
-from sidecar_testing.data import IMAGE1, ROOT
+from sidecar_testing.data import IMAGE1, ROOT, STUB_DETECTIONS
 from sidecar_testing.servers import HOST
 
 ESC = "\x1b"
 # A screen clear, a red color, a carriage return over what came before, a C1 control (CSI).
 ANSI = f"{ESC}[2J{ESC}[31mred\rover\x9b1A"
 NAN, INF = float("nan"), float("inf")
-DOG = {
-    "detection_boxes": [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]],
-    "detection_classes": [18.0, 1.0],
-    "detection_scores": [0.9, 0.1],
-    "num_detections": 2.0,
-}
+DOG = STUB_DETECTIONS
 
 
 def row(outputs):

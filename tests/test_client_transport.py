@@ -23,16 +23,11 @@ import requests
 from click.testing import CliRunner
 
 from object_detection.cli import cli
-from sidecar_testing.data import IMAGE1, ROOT
+from sidecar_testing.data import IMAGE1, ROOT, STUB_DETECTIONS
 
 HOST = "127.0.0.1"
 SECRET = "s3cr3t-pa55"
-DOG = {
-    "detection_boxes": [[0.1, 0.2, 0.5, 0.6]],
-    "detection_classes": [18.0],
-    "detection_scores": [0.9],
-    "num_detections": 1.0,
-}
+DOG = STUB_DETECTIONS
 
 
 class MisbehavingServer(ThreadingHTTPServer):
@@ -184,11 +179,8 @@ def test_the_deadline_covers_the_retries(serve):
     """503 "not taken" is retried with backoff, but never past the deadline."""
     server = serve(lambda handler: send(handler, 503, b'{"error": "busy"}'))
     started = time.monotonic()
-    result = CliRunner().invoke(
-        cli,
-        ["--server_url", server.url(), "--image_path", str(IMAGE1), "--timeout", "1.5"]
-        + ["--retries", "10"],
-    )
+    args = ["--server_url", server.url(), "--image_path", IMAGE1, "--timeout", 1.5, "--retries", 10]
+    result = CliRunner().invoke(cli, [str(arg) for arg in args])
     assert result.exit_code == 1
     assert "HTTP 503" in result.stderr
     assert time.monotonic() - started < 2.5

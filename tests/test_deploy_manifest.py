@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from deploy.manifest import ManifestError, set_deployment_image
-from tests.conftest import MANIFEST
+from sidecar_testing.data import MANIFEST
 
 NEW_IMAGE = (
     "europe-west1-docker.pkg.dev/my-project/models/faster_rcnn_resnet_serving"

@@ -15,7 +15,7 @@ from deploy.checks import PLACEHOLDER_IMAGE, selects
 from deploy.manifest import set_deployment_image
 from deploy.schema import KUBERNETES_VERSIONS, supported_versions
 from deploy.validate import main
-from tests.conftest import MANIFEST, ROOT
+from sidecar_testing.data import MANIFEST, ROOT
 
 SHIPPED = MANIFEST.read_text()
 DEPLOYMENT = "faster_rcnn_resnet_k8s.yaml:10 Deployment/faster-rcnn-resnet-deployment"

@@ -7,7 +7,7 @@ run it; client.py waits for the model and then, with the seed's own command line
 dogs in image1.jpg. Then version 2 (the pixel model) joins the model dir: the client must get it
 by default and switch from {"b64"} to pixels by itself, from the model's metadata.
 
-The base image (image_builder.base_image: tensorflow/serving's contract, the project's local
+The base image (serving.base_image: tensorflow/serving's contract, the project's local
 server inside) is built on the first run on a machine (a few minutes) and reused afterwards.
 Quick tests of its recipe (apt source, content keys, contract) are at the end.
 """
@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,17 +28,19 @@ import pytest
 from docker.models.containers import Container
 from PIL import Image
 
-from image_builder.base_image import (
+from serving.base_image import (
     REQUIREMENTS,
     BaseImageError,
-    app_packages,
+    app_files,
+    base_key,
     debian_source,
     ensure_base_image,
+    project_wheel,
     runtime_key,
 )
-from tests.conftest import COCO_DOG, ENCODED_MODEL, IMAGE1, PIXEL_MODEL, ROOT, SHARED_LABELS
-from tests.docker_support import DockerCleanup, LocalRegistry
-from tests.servers import free_port
+from sidecar_testing.data import COCO_DOG, ENCODED_MODEL, IMAGE1, PIXEL_MODEL, ROOT, SHARED_LABELS
+from sidecar_testing.docker import DockerCleanup, LocalRegistry
+from sidecar_testing.servers import free_port
 
 MODEL_NAME = "ssd_mobilenet"
 CONTAINER_PREFIX = "tfs-sidecar-e2e-"
@@ -106,9 +108,14 @@ def serving_container(client: docker.DockerClient, image: str) -> Iterator[int]:
 
 
 def serve_and_detect(
-    client: docker.DockerClient, cleanup: DockerCleanup, pushed: dict, out_dir: Path
+    client: docker.DockerClient,
+    cleanup: DockerCleanup,
+    pushed: dict,
+    out_dir: Path,
+    expect: Callable[[list[dict]], None],
 ) -> dict:
-    """Pull `pushed` back by digest, run it, and run the seed's client command against it."""
+    """Pull `pushed` back by digest, run it, and run the seed's client command against it;
+    `expect` checks the detections (against the same model called in-process)."""
     client.images.remove(cleanup.image(pushed["image"]))  # the pull must come from the registry
     pulled = client.images.pull(cleanup.image(pushed["reference"]))
     assert pulled.id == pushed["image_id"]
@@ -133,7 +140,7 @@ def serve_and_detect(
     dogs = result["detections"][:2]
     assert [d["class_id"] for d in dogs] == [COCO_DOG, COCO_DOG], result["detections"]
     assert [d["label"] for d in dogs] == ["dog", "dog"]
-    assert all(d["score"] == pytest.approx(0.71, abs=0.03) for d in dogs), dogs
+    expect(result["detections"])  # the container runs the same graph on the same CPU
     [picture] = out_dir.glob("*.jpg")  # --save_output_image: the annotated photo beside the JSON
     with Image.open(picture) as annotated:
         assert annotated.size == (1024, 636)
@@ -147,20 +154,28 @@ def test_model_to_image_to_container_to_detections(
     local_registry: LocalRegistry,
     docker_cleanup: DockerCleanup,
     serving_base_image: str,
+    model_reference,
     tmp_path: Path,
 ) -> None:
+    def matches(model: Path) -> Callable[[list[dict]], None]:
+        return lambda detections: model_reference.assert_matches(detections, model, IMAGE1)
+
     base_path = tmp_path / MODEL_NAME
     shutil.copytree(ENCODED_MODEL / "1", base_path / "1")
 
     v1 = build_and_push(base_path, serving_base_image, local_registry, "v1")
-    first = serve_and_detect(docker_client, docker_cleanup, v1, tmp_path / "v1")
+    first = serve_and_detect(
+        docker_client, docker_cleanup, v1, tmp_path / "v1", matches(ENCODED_MODEL)
+    )
     assert first["model"]["version"] == "1"
     assert first["request"]["encoding"] == "b64"  # DT_STRING input: the JPEG file, as sent
 
     # Version 2 takes uint8 pixels: the client must see it in the metadata and adapt.
     shutil.copytree(PIXEL_MODEL / "1", base_path / "2")
     v2 = build_and_push(base_path, serving_base_image, local_registry, "v2")
-    second = serve_and_detect(docker_client, docker_cleanup, v2, tmp_path / "v2")
+    second = serve_and_detect(
+        docker_client, docker_cleanup, v2, tmp_path / "v2", matches(PIXEL_MODEL)
+    )
     assert second["model"]["version"] == "2"
     assert second["request"]["encoding"] == "pixels"
 
@@ -230,23 +245,24 @@ def test_debian_mirror_is_read_from_one_line_sources_list(tmp_path: Path) -> Non
 
 def test_no_apt_source_for_the_suite_says_what_to_do(tmp_path: Path) -> None:
     apt_dir = write_apt_config(tmp_path, "deb http://mirror.example/ubuntu noble main\n", "")
-    with pytest.raises(BaseImageError, match=r"no apt source for Debian bookworm.*--mirror"):
+    with pytest.raises(BaseImageError, match=r"no apt source for Debian bookworm in .*: add one$"):
         debian_source("bookworm", apt_dir)
 
 
-def test_code_layer_holds_serving_and_the_project_packages_it_imports(tmp_path: Path) -> None:
-    files = {
-        "serving/__init__.py": "",
-        "serving/server.py": "import numpy\nfrom tfserving.spec import url\nfrom . import x\n",
-        "tfserving/__init__.py": "",
-        "tfserving/spec.py": "import object_detection.labels as labels\n",
-        "object_detection/__init__.py": "",
-        "deploy/__init__.py": "import serving\n",  # imports serving, is not imported by it
-    }
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert app_packages(tmp_path) == ["object_detection", "serving", "tfserving"]
+def test_code_layer_is_the_project_wheel_and_the_entrypoint(tmp_path: Path) -> None:
+    """The image gets what `pip install .` installs (package data too), not the checkout."""
+    first = app_files(project_wheel(ROOT, tmp_path / "first"))
+    files = {name: (content, mode) for name, content, mode in first}
+    app = "/opt/tfs-sidecar/"
+    for module in ("serving/local_server.py", "tfserving/conventions.py", "serving/base_image.py"):
+        assert app + module in files
+    assert not [name for name in files if name.startswith((app + "tests/", app + "benchmarks/"))]
+    entrypoint, mode = files["/usr/bin/tf_serving_entrypoint.sh"]
+    assert entrypoint.startswith(b"#!/bin/bash") and mode == 0o755
+    assert files[app + "serving/tf_serving_entrypoint.sh"][0] == entrypoint
+    # The same code gives the same key, whatever the wheel's timestamps.
+    again = app_files(project_wheel(ROOT, tmp_path / "again"))
+    assert base_key("runtime:1", again) == base_key("runtime:1", first)
 
 
 def test_runtime_key_follows_the_requirements(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from object_detection.images import ImageError, load_image
-from tests.conftest import IMAGE1
+from sidecar_testing.data import IMAGE1
 
 # An asymmetric 3-colour picture: any flip or rotation of it is visible in the pixels.
 UPRIGHT = np.zeros((40, 60, 3), np.uint8)

@@ -15,8 +15,8 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import MANIFEST, PIXEL_MODEL
-from tests.servers import HOST, LocalServer
+from sidecar_testing.data import MANIFEST, PIXEL_MODEL
+from sidecar_testing.servers import HOST, LocalServer
 
 
 def serving_container() -> dict:

@@ -3,7 +3,7 @@
 import pytest
 
 from object_detection.label_map import LabelMapError, load_label_map, parse_label_map
-from tests.conftest import COCO_DOG, COCO_KITE, COCO_PERSON, ROOT, SHARED_LABELS
+from sidecar_testing.data import COCO_DOG, COCO_KITE, COCO_PERSON, ROOT, SHARED_LABELS
 
 
 def test_our_coco_map_matches_the_tf_od_api_one():

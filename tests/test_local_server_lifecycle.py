@@ -18,8 +18,8 @@ import zlib
 import pytest
 import requests
 
-from tests.conftest import ENCODED_MODEL, IMAGE1, IMAGE2, ROOT
-from tests.servers import HOST, LocalServer, port_accepts
+from sidecar_testing.data import ENCODED_MODEL, IMAGE1, IMAGE2, ROOT
+from sidecar_testing.servers import HOST, LocalServer, port_accepts
 
 
 def b64_request(image) -> dict:

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 
 from serving import fast_tensor, json_tensor
-from serving.errors import ServingError
+from serving.errors import StatusError
 
 
 def general(body: bytes, inputs: dict[str, str]):
-    """(format, tensors) from the general path, or the ServingError it raises."""
+    """(format, tensors) from the general path, or the StatusError it raises."""
     try:
         doc = json_tensor.parse_json_document(body)
         json_tensor.signature_name_of(doc)
         return json_tensor.request_tensors(doc, inputs)
-    except ServingError as e:
+    except StatusError as e:
         return e
 
 
@@ -36,7 +36,7 @@ def fast(body: bytes, inputs: dict[str, str]):
 def assert_same(body: bytes, dtype: str, must_be_fast: bool) -> None:
     inputs = {"x": dtype}
     expected, got = general(body, inputs), fast(body, inputs)
-    if isinstance(expected, ServingError):
+    if isinstance(expected, StatusError):
         assert got is None, f"fast path accepted what the general path rejects: {expected}"
         return
     if got is None:
@@ -221,7 +221,7 @@ def test_b64_decoding_accepts_and_refuses_what_binascii_strict_mode_does() -> No
     def served(text: str) -> bytes | None:
         try:
             return json_tensor._decode_b64({"b64": text})
-        except ServingError as e:
+        except StatusError as e:
             assert e.message == "Unable to base64 decode"
             return None
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from serving.prepare_model import main
-from tests.conftest import PIXEL_MODEL, ROOT
-from tests.servers import HOST, LocalServer
+from model_tools.prepare_model import main
+from sidecar_testing.data import PIXEL_MODEL, ROOT
+from sidecar_testing.servers import HOST, LocalServer
 
 SHARED_VERSION = PIXEL_MODEL / "1"
 

@@ -1,11 +1,11 @@
-"""`make demo` runs serving.quickstart: the local server plus the seed's client command."""
+"""`make demo` runs scripts/quickstart.py: the local server plus the seed's client command."""
 
 import json
 import subprocess
 import sys
 
-from tests.conftest import COCO_DOG, ROOT
-from tests.servers import free_port
+from sidecar_testing.data import COCO_DOG, ROOT
+from sidecar_testing.servers import free_port
 
 
 def test_quickstart_serves_the_shared_model_and_finds_the_dogs(tmp_path):
@@ -13,8 +13,7 @@ def test_quickstart_serves_the_shared_model_and_finds_the_dogs(tmp_path):
     result = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "serving.quickstart",
+            "scripts/quickstart.py",
             "--rest_api_port",
             str(free_port()),
             "--output_dir",

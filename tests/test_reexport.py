@@ -18,9 +18,9 @@ from PIL import Image
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 
-from serving.reexport import main
-from tests.conftest import COCO_DOG, COCO_KITE, ENCODED_MODEL, IMAGE1, IMAGE2, PIXEL_MODEL
-from tests.servers import LocalServer
+from model_tools.reexport import main
+from sidecar_testing.data import COCO_DOG, COCO_KITE, ENCODED_MODEL, IMAGE1, IMAGE2, PIXEL_MODEL
+from sidecar_testing.servers import LocalServer
 
 SOURCE = PIXEL_MODEL / "1"
 SCORE_TOLERANCE = 0.03

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import IMAGE1
+from sidecar_testing.data import IMAGE1
 from tfserving.client import TFServingClient
 from tfserving.encoding import b64_request, pixels_json, pixels_request
 from tfserving.errors import UnsupportedSignature

@@ -1,6 +1,7 @@
 """Real Docker machinery for tests: the daemon, local registries, an offline base image, cleanup.
 
-Used through the fixtures registered in tests/conftest.py:
+Tests use it through these fixtures of sidecar_testing.plugin (benchmarks use `LocalRegistry`
+and `import_tiny_base_image` directly):
 
 - `docker_client` (session): a docker-py client for a daemon that answers. When none does,
   `scripts/dockerd.sh start` starts one, and it is stopped at the end only if we started it.
@@ -26,9 +27,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -38,9 +37,9 @@ import yaml
 from docker.errors import DockerException, ImageNotFound
 
 from image_builder.builder import CONTAINER_PREFIX
-from tests.servers import free_port
+from sidecar_testing.data import ROOT
+from sidecar_testing.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 DOCKERD_SCRIPT = ROOT / "scripts" / "dockerd.sh"
 REGISTRY_USER = "tester"
 REGISTRY_PASSWORD = "s3cret-for-tests"
@@ -49,6 +48,7 @@ TINY_BASE = "tfs-sidecar-test/tiny-base:1"
 
 
 def in_ci() -> bool:
+    """CI sets CI=true: there, Docker must be available, and its absence is a failure."""
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -223,6 +223,7 @@ def build_containers(client: docker.DockerClient, pid: int | None = None) -> lis
 
 
 def remove_image(client: docker.DockerClient, reference: str) -> None:
+    """Remove the image, containers using it too; an image already gone is no error."""
     with contextlib.suppress(ImageNotFound):
         client.images.remove(reference, force=True)
 
@@ -251,47 +252,3 @@ class DockerCleanup:
         for reference in reversed(self.images):
             remove_image(self.client, reference)
         assert not self.left(), f"build containers left behind: {self.left()}"
-
-
-# Fixtures (registered in tests/conftest.py) ---------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def docker_client() -> Iterator[docker.DockerClient]:
-    daemon = DockerDaemon()
-    client = daemon.start()
-    yield client
-    client.close()
-    daemon.stop()
-
-
-@pytest.fixture(scope="session")
-def local_registry(docker_client: docker.DockerClient) -> Iterator[LocalRegistry]:
-    with (
-        tempfile.TemporaryDirectory(prefix="tfs-registry-") as workdir,
-        LocalRegistry(Path(workdir)) as registry,
-    ):
-        yield registry
-
-
-@pytest.fixture(scope="session")
-def auth_registry(docker_client: docker.DockerClient) -> Iterator[LocalRegistry]:
-    with (
-        tempfile.TemporaryDirectory(prefix="tfs-registry-auth-") as workdir,
-        LocalRegistry(Path(workdir), (REGISTRY_USER, REGISTRY_PASSWORD)) as registry,
-    ):
-        yield registry
-
-
-@pytest.fixture(scope="session")
-def tiny_base_image(docker_client: docker.DockerClient) -> Iterator[str]:
-    reference = import_tiny_base_image(docker_client)
-    yield reference
-    remove_image(docker_client, reference)
-
-
-@pytest.fixture
-def docker_cleanup(docker_client: docker.DockerClient) -> Iterator[DockerCleanup]:
-    cleanup = DockerCleanup(docker_client)
-    yield cleanup
-    cleanup.finish()

@@ -1,10 +1,14 @@
-"""Start the local TF Serving stand-in as a real process for tests.
+"""Start the local TF Serving stand-in as a real process for tests and benchmarks.
 
     with LocalServer(PIXEL_MODEL, model_name="ssd") as server:
         requests.post(server.predict_url, json={"instances": [...]})
 
 The server gets a free loopback port, is waited for until its port accepts connections (it opens
 the port only once the model is loaded), and is always terminated on exit.
+
+Requests are counted at the server: the local server logs one line per request to stderr
+(`POST /v1/models/NAME:predict 200 ... ms`), which `LocalServer.stderr()` reads. That is the
+server's own account of what arrived, so no proxy is needed between client and server.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sidecar_testing.data import ROOT
 from tfserving.spec import ServerSpec
 
-ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 
 
@@ -33,6 +37,7 @@ def free_port() -> int:
 
 
 def port_accepts(port: int, host: str = HOST) -> bool:
+    """Whether something accepts TCP connections on host:port right now."""
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -146,3 +151,16 @@ class LocalServer:
             self.stop()
         finally:
             self._stderr.close()
+
+
+def predict_requests(server: LocalServer) -> int:
+    """How many predict requests the server has logged so far (its log: one line per request)."""
+    return server.stderr().count(f"POST /v1/models/{server.model_name}:predict ")
+
+
+def wait_for_requests(server: LocalServer, expected: int, timeout: float = 10.0) -> int:
+    """The server logs a request just after answering it: give the last lines a moment."""
+    deadline = time.monotonic() + timeout
+    while predict_requests(server) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predict_requests(server)
