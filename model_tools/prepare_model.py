@@ -82,7 +82,7 @@ def find_saved_model(root: Path) -> Path:
             f", ... ({len(listing)} entries)" if len(listing) > 20 else ""
         )
         raise PrepareError(
-            f"no {' or '.join(SAVED_MODEL_FILES)} in {root}: found {shown or 'nothing'}. "
+            f"no saved_model.pb in {root} (nor .pbtxt): found {shown or 'nothing'}. "
             "Export the model as a SavedModel first (a model zoo tarball has one in saved_model/)."
         )
     names = ", ".join(str(p.relative_to(root)) for p in found)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ import tensorflow as tf
 from PIL import Image
 
 from model_tools.errors import ModelToolError
+from tfserving.console import log_on_stderr
 from tfserving.conventions import (
     DEFAULT_SIGNATURE,
     is_saved_model,
@@ -341,18 +341,18 @@ def main(
     Progress goes to stderr; the written SavedModel directory is printed on stdout.
     """
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        target = reexport(src_dir, dest_dir, signature, version, overwrite)
-    except ReexportError as err:
-        hint = {
-            NoSuchSignature: "; choose one with --signature",
-            TargetExists: ": pass --overwrite to replace it",
-        }
-        raise click.ClickException(f"{err}{hint.get(type(err), '')}") from err
-    if check_images:
-        _print_checks(src_dir, target, check_images, signature)
-    click.echo(target)
+    with log_on_stderr("model_tools"):
+        try:
+            target = reexport(src_dir, dest_dir, signature, version, overwrite)
+        except ReexportError as err:
+            hint = {
+                NoSuchSignature: "; choose one with --signature",
+                TargetExists: ": pass --overwrite to replace it",
+            }
+            raise click.ClickException(f"{err}{hint.get(type(err), '')}") from err
+        if check_images:
+            _print_checks(src_dir, target, check_images, signature)
+        click.echo(target)
 
 
 def _print_checks(

@@ -50,6 +50,7 @@ import docker.errors
 from image_builder.builder import BuildContainer, BuildError, connect, docker_step
 from image_builder.reference import ImageReference
 from serving.errors import ServingError
+from tfserving.console import log_on_stderr
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT_SCRIPT = "tf_serving_entrypoint.sh"  # package data of serving/
@@ -512,20 +513,20 @@ def main(mirror: str | None, force: bool, as_json: bool) -> None:
     Cached by content key: prints the image name at once when it exists already.
     Progress goes to stderr, the image name to stdout.
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    started = time.monotonic()
-    try:
-        client = connect()
-        tag = ensure_base_image(client, mirror=mirror, force=force)
-    except (BaseImageError, BuildError, docker.errors.DockerException) as exc:
-        hint = ", or pass --mirror URI" if isinstance(exc, NoAptSource) else ""
-        raise click.ClickException(f"{exc}{hint}") from None
-    if as_json:
-        size = client.images.get(tag).attrs["Size"]
-        seconds = round(time.monotonic() - started, 1)
-        click.echo(json.dumps({"image": tag, "size_bytes": size, "seconds": seconds}))
-    else:
-        click.echo(tag)
+    with log_on_stderr("serving.base_image", "image_builder"):
+        started = time.monotonic()
+        try:
+            client = connect()
+            tag = ensure_base_image(client, mirror=mirror, force=force)
+        except (BaseImageError, BuildError, docker.errors.DockerException) as exc:
+            hint = ", or pass --mirror URI" if isinstance(exc, NoAptSource) else ""
+            raise click.ClickException(f"{exc}{hint}") from None
+        if as_json:
+            size = client.images.get(tag).attrs["Size"]
+            seconds = round(time.monotonic() - started, 1)
+            click.echo(json.dumps({"image": tag, "size_bytes": size, "seconds": seconds}))
+        else:
+            click.echo(tag)
 
 
 if __name__ == "__main__":
