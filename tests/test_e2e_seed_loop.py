@@ -15,6 +15,7 @@ Quick tests of its recipe (apt source, content keys, contract) are at the end.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -190,8 +191,9 @@ def test_model_to_image_to_container_to_detections(
 @pytest.mark.e2e
 def test_base_image_keeps_tensorflow_serving_contract_and_is_cached(
     docker_client: docker.DockerClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    base_image = ensure_base_image(docker_client, log=lambda _: None)
+    base_image = ensure_base_image(docker_client)
     config = docker_client.images.get(base_image).attrs["Config"]
     assert {"MODEL_BASE_PATH=/models", "MODEL_NAME=model"} <= set(config["Env"])
     assert set(config["ExposedPorts"]) == {"8500/tcp", "8501/tcp"}
@@ -199,9 +201,11 @@ def test_base_image_keeps_tensorflow_serving_contract_and_is_cached(
     assert not config["Cmd"]  # `docker run IMAGE --flag` appends only what the user gives
     assert config["User"] == "1000:1000"
 
-    messages: list[str] = []
-    assert ensure_base_image(docker_client, log=messages.append) == base_image
-    assert all(m.startswith("reusing ") for m in messages), messages
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="serving.base_image"):
+        assert ensure_base_image(docker_client) == base_image
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages and all(m.startswith("reusing ") for m in messages), messages
 
 
 def write_apt_config(apt_dir: Path, sources_list: str, deb822: str) -> Path:
