@@ -26,9 +26,9 @@ from pathlib import Path
 import docker
 
 from benchmarks.measure import report_targets
+from sidecar_testing.data import ROOT
 from sidecar_testing.docker import LocalRegistry, import_tiny_base_image, remove_image
 
-ROOT = Path(__file__).resolve().parents[1]
 TARGET_RSS_MB = 200
 BASE = "tfs-sidecar-bench/tiny-base:1"
 

@@ -28,10 +28,10 @@ from PIL import Image
 
 from benchmarks.measure import report_targets
 from object_detection.images import load_image
+from sidecar_testing.data import IMAGE2
 from tfserving.encoding import b64_request, pixels_request
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = ROOT.parent / "shared" / "images" / "image2.jpg"
+DEFAULT_IMAGE = IMAGE2
 SPEED_TARGET = 10.0  # pixel path vs the seed's way
 B64_SIZE_TARGET = 1.4  # b64 body vs the JPEG file
 SIGNATURE = "serving_default"
