@@ -31,7 +31,7 @@ from image_builder.reference import (
     check_model_name,
     image_reference,
 )
-from tfserving.console import log_on_stderr
+from tfserving.console import log_on_stderr, with_hint
 from tfserving.errors import SidecarError
 
 if TYPE_CHECKING:
@@ -213,10 +213,9 @@ def main(
             except (ManifestError, OSError) as exc:
                 raise click.ClickException(f"pushed {reference}, but {manifest}: {exc}") from None
             click.echo(f"{manifest}: image set to {reference}", err=True)
-    except OutsideLinkError as exc:
-        raise click.ClickException(f"{exc}; pass --follow_symlinks to copy it") from None
     except SidecarError as exc:
-        raise click.ClickException(str(exc)) from None
+        hints = {OutsideLinkError: "; pass --follow_symlinks to copy it"}
+        raise click.ClickException(with_hint(exc, hints)) from None
     except KeyboardInterrupt:
         click.echo("interrupted; the build container was removed", err=True)
         sys.exit(130)

@@ -32,7 +32,7 @@ import tensorflow as tf
 from PIL import Image
 
 from model_tools.errors import ModelToolError
-from tfserving.console import log_on_stderr
+from tfserving.console import log_on_stderr, with_hint
 from tfserving.conventions import (
     DEFAULT_SIGNATURE,
     is_saved_model,
@@ -345,11 +345,11 @@ def main(
         try:
             target = reexport(src_dir, dest_dir, signature, version, overwrite)
         except ReexportError as err:
-            hint = {
+            hints = {
                 NoSuchSignature: "; choose one with --signature",
                 TargetExists: ": pass --overwrite to replace it",
             }
-            raise click.ClickException(f"{err}{hint.get(type(err), '')}") from err
+            raise click.ClickException(with_hint(err, hints)) from err
         if check_images:
             _print_checks(src_dir, target, check_images, signature)
         click.echo(target)

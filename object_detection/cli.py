@@ -25,6 +25,7 @@ from tfserving.client import (
     DEFAULT_TIMEOUT,
     TFServingClient,
 )
+from tfserving.console import with_hint
 from tfserving.conventions import DEFAULT_SIGNATURE, REST_PORT
 from tfserving.errors import (
     ResponseTooLarge,
@@ -47,10 +48,10 @@ FILE = click.Path(dir_okay=False, path_type=Path)
 USER_ERRORS = (SidecarError, OSError)
 # The option that changes what an error is about: the library's messages name no flags.
 HINTS = {
-    ServerTimeout: "raise --timeout if the model needs longer",
-    ResponseTooLarge: "raise --max_response_mb to accept it",
-    SignatureNotFound: "pick one with --signature_name",
-    UnfeedableInput: "force an encoding with --encoding",
+    ServerTimeout: "; raise --timeout if the model needs longer",
+    ResponseTooLarge: "; raise --max_response_mb to accept it",
+    SignatureNotFound: "; pick one with --signature_name",
+    UnfeedableInput: "; force an encoding with --encoding",
 }
 LISTED_DETECTIONS = 20  # the human summary's list; the JSON has every detection
 # Control characters (C0, DEL, C1): ESC starts the sequences that move the cursor or recolor.
@@ -80,8 +81,7 @@ def printable(text: str) -> str:
 
 def user_message(exc: Exception) -> str:
     """The one line a user sees for `exc`: its message, the option that helps, printable."""
-    hint = next((text for kind, text in HINTS.items() if isinstance(exc, kind)), None)
-    return printable(f"{exc}; {hint}" if hint else str(exc))
+    return printable(with_hint(exc, HINTS))
 
 
 def say(line: str, err: bool = False) -> None:

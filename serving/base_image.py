@@ -50,7 +50,7 @@ import docker.errors
 from image_builder.builder import BuildContainer, BuildError, connect, docker_step
 from image_builder.reference import ImageReference
 from serving.errors import ServingError
-from tfserving.console import log_on_stderr
+from tfserving.console import log_on_stderr, with_hint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT_SCRIPT = "tf_serving_entrypoint.sh"  # package data of serving/
@@ -519,8 +519,8 @@ def main(mirror: str | None, force: bool, as_json: bool) -> None:
             client = connect()
             tag = ensure_base_image(client, mirror=mirror, force=force)
         except (BaseImageError, BuildError, docker.errors.DockerException) as exc:
-            hint = ", or pass --mirror URI" if isinstance(exc, NoAptSource) else ""
-            raise click.ClickException(f"{exc}{hint}") from None
+            hints = {NoAptSource: ", or pass --mirror URI"}
+            raise click.ClickException(with_hint(exc, hints)) from None
         if as_json:
             size = client.images.get(tag).attrs["Size"]
             seconds = round(time.monotonic() - started, 1)

@@ -1,14 +1,17 @@
-"""What the project's CLIs share: a library's log records shown as plain lines on stderr.
+"""What the project's CLIs share: a library's log records shown as plain lines on stderr, and
+the option hint added to a library error's message.
 
 Library code only logs (`logging.getLogger(__name__)`); a CLI decides what the user sees. The
 handler writes through click.echo at each record, so it follows whatever stderr is at the
 time (click's CliRunner swaps it), which logging.basicConfig's stream, fixed at setup, does not.
+Library messages name no flags: each CLI maps the exception types it can help with to the
+text that names its option (with_hint).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import click
@@ -40,3 +43,10 @@ def log_on_stderr(*names: str, level: int = logging.INFO) -> Iterator[None]:
             logger.removeHandler(handler)
             logger.setLevel(old_level)
             logger.propagate = propagate
+
+
+def with_hint(exc: BaseException, hints: Mapping[type[BaseException], str]) -> str:
+    """`exc`'s message, followed by the hint of the first type in `hints` it is an instance of
+    (each hint carries its own separator, e.g. "; raise --timeout ...")."""
+    hint = next((text for kind, text in hints.items() if isinstance(exc, kind)), "")
+    return f"{exc}{hint}"
