@@ -18,8 +18,12 @@ $(VENV)/.server: requirements-server.txt $(VENV)/.client
 	$(PY) -m pip install -q -r requirements-server.txt
 	touch $@
 
+# tensorflow-serving-api: TF Serving's official messages, for the tests that hold the project's
+# own protos against them. Without its dependencies: it declares `tensorflow`, which would
+# install beside `tensorflow-cpu`.
 $(VENV)/.dev: requirements-dev.txt $(VENV)/.server
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps tensorflow-serving-api==2.21.0
 	touch $@
 
 ## Local server + client.py on a sample photo; prints where the JSON and the picture are.

@@ -81,17 +81,17 @@ class RestApi:
             if not name:
                 raise invalid_argument("Missing model name in request.")
             if subresource == "metadata":
-                servable = _servable(model, unquote(name), _version(version), label)
+                servable = find_servable(model, unquote(name), _version(version), label)
                 return _pretty(servable.metadata_json())
             # GetModelStatus ignores labels: with one, it reports every version.
-            return _status(model, unquote(name), _version(version))
+            return model_status(model, unquote(name), _version(version))
         raise malformed
 
     def _predict(
         self, model: ServedModel, name: str, version: int | None, label: str | None, body: bytes
     ) -> bytes:
         def lookup_inputs(signature_name: str) -> dict[str, str]:
-            return _servable(model, name, version, label).input_dtypes(signature_name)
+            return find_servable(model, name, version, label).input_dtypes(signature_name)
 
         # The common big request (one numeric tensor) is parsed with numpy; anything else, and
         # every error, goes through the general path, which words errors as TF Serving does.
@@ -134,7 +134,7 @@ def _version(version: str | None) -> int | None:
     return int(version)
 
 
-def _servable(
+def find_servable(
     model: ServedModel, name: str, version: int | None, label: str | None = None
 ) -> ServedModel:
     """ServerCore::GetServableHandle: the loaded model, or NOT_FOUND as TF Serving words it.
@@ -150,7 +150,7 @@ def _servable(
     return model
 
 
-def _status(model: ServedModel, name: str, version: int | None) -> bytes:
+def model_status(model: ServedModel, name: str, version: int | None) -> bytes:
     """GetModelStatus: only the loaded version is known (others were never loaded)."""
     if name != model.name:
         raise not_found(f"Could not find any versions of model {name}")

@@ -75,8 +75,11 @@ def wheel(source, tmp_path_factory):
 
 def test_the_wheel_holds_the_packages_and_their_data(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    packages = {name.split("/")[0] for name in names if "/" in name and ".dist-info" not in name}
+    packages = {
+        name.rpartition("/")[0].replace("/", ".") for name in names if name.endswith("/__init__.py")
+    }
     assert packages == set(PYPROJECT["tool"]["setuptools"]["packages"])
+    assert "tfserving/protos/predict_pb2.py" in names
     with zipfile.ZipFile(wheel) as archive:
         labels = archive.read("object_detection/data/labels.pbtxt")
         manifest = archive.read("deploy/faster_rcnn_resnet_k8s.yaml")

@@ -1,0 +1,369 @@
+"""TF Serving's gRPC API (PredictionService, ModelService) over the REST API's loaded model.
+
+The same `RestApi` object serves both ports: its `.model` (replaced whole when a new version
+loads) is read once per call, its executor runs the model, and its lookup helpers give the same
+NOT_FOUND wording for an unknown model or version. What gRPC does differently follows TF
+Serving's C++ (predict_impl.cc, predict_util.cc, saved_model/util.cc, get_model_metadata_impl.cc,
+get_model_status_impl.cc): an unknown signature is FAILED_PRECONDITION, the inputs are checked
+against the signature before the model runs (count, names, dtypes), the client's deadline bounds
+the model call, and answers carry their values in the typed fields (`float_val`...), as
+TF Serving's Tensor::AsProtoField writes them and as clients that read `.float_val` expect.
+
+The messages are the project's own (`tfserving.protos`, TF Serving's field numbers and types,
+so its bytes), with the client's tensor codec (`tfserving.tensors`): the server needs neither
+tensorflow-serving-api (which would pull in the `tensorflow` package beside `tensorflow-cpu`)
+nor any code of its own to read or write a tensor. The services are registered under TF
+Serving's names (`tensorflow.serving.PredictionService`...), so official stubs call them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import json_format
+
+from serving.errors import ServingError, StatusError, invalid_argument
+from serving.json_tensor import dtype_string
+from serving.model import ServedModel
+from serving.rest_api import RestApi, find_servable, model_status
+from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
+from tfserving.grpc_client import (
+    GET_MODEL_METADATA,
+    GET_MODEL_STATUS,
+    PREDICT,
+    SIGNATURE_DEF_MAP_URL,
+)
+from tfserving.protos import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+    types_pb2,
+)
+from tfserving.tensors import TensorError, decode_tensor, encode_tensor
+
+log = logging.getLogger(__name__)
+
+# A 12 MP RGB photo as uint8 pixels is 36 MiB; TF Serving itself takes up to 2 GiB.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
+DEFAULT_MAX_CONNECTION_AGE_GRACE_S = 30.0
+SIGNATURE_DEF = "signature_def"
+
+
+def answered(method: Callable) -> Callable:
+    """A servicer method whose StatusError becomes the call's status (code and message), and
+    whose bug or model crash becomes INTERNAL, as TF Serving answers both."""
+
+    @functools.wraps(method)
+    def call(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except StatusError as e:
+            context.abort(grpc.StatusCode[e.code], e.message)
+        except Exception as e:
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {type(e).__name__}: {e}")
+
+    return call
+
+
+class PredictionService:
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference are not registered,
+    so grpc answers them UNIMPLEMENTED."""
+
+    def __init__(self, api: RestApi) -> None:
+        self.api = api
+
+    @answered
+    def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        model = _requested(self.api.model, request)
+        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature = model.meta_graph.signature_def.get(signature_name)
+        if signature is None:
+            raise StatusError(
+                "FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.'
+            )
+        inputs = input_tensors(signature, request.inputs)
+        aliases = output_aliases(signature, request.output_filter)
+        outputs = self._run(model, signature_name, inputs, context.time_remaining())
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = model.version
+        response.model_spec.signature_name = signature_name
+        for alias in aliases:
+            encode_tensor(outputs[alias], response.outputs[alias], typed=True)
+        return response
+
+    @answered
+    def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        model = self.api.model
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF:
+                # TF Serving's StrCat leaves the "%s" in and appends the field: its wording.
+                raise invalid_argument(f"Metadata field %s is not supported{field}")
+        model = find_servable(model, *model_spec(request.model_spec))
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in model.meta_graph.signature_def.items():
+            # TensorFlow's SignatureDef and ours are one wire format: copied by its bytes.
+            signatures.signature_def[key].ParseFromString(signature.SerializeToString())
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = model.name
+        response.model_spec.version.value = model.version
+        # Pack() would name our package's type; clients look for TF Serving's name.
+        packed = response.metadata[SIGNATURE_DEF]
+        packed.type_url, packed.value = SIGNATURE_DEF_MAP_URL, signatures.SerializeToString()
+        return response
+
+    def _run(
+        self,
+        model: ServedModel,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        seconds_left: float | None,
+    ) -> dict[str, np.ndarray]:
+        """The model call on the REST API's executor, bounded by the client's deadline (TF
+        Serving's RunOptions timeout); past it, the result is dropped as the call has ended."""
+        future = self.api.executor.submit(model.run, signature_name, inputs)
+        try:
+            return future.result(timeout=seconds_left)
+        except FutureTimeout:
+            raise StatusError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
+
+
+class ModelService:
+    """GetModelStatus; HandleReloadConfigRequest is not registered (no model config file), so
+    grpc answers it UNIMPLEMENTED."""
+
+    def __init__(self, api: RestApi) -> None:
+        self.api = api
+
+    @answered
+    def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: Any
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        name, version, _ = model_spec(request.model_spec)  # labels are ignored, as over REST
+        answer = model_status(
+            self.api.model, name, version
+        )  # the REST answer: same checks, same text
+        return json_format.Parse(answer, get_model_status_pb2.GetModelStatusResponse())
+
+
+def model_spec(spec: Any) -> tuple[str, int | None, str | None]:
+    """(name, version or None for the latest, label or None) of a request's ModelSpec."""
+    choice = spec.WhichOneof("version_choice")
+    version = spec.version.value if choice == "version" else None
+    return spec.name, version, spec.version_label if choice == "version_label" else None
+
+
+def _requested(model: ServedModel, request: Any) -> ServedModel:
+    """The loaded model if the request names it (ServerCore::GetServableHandle's wording)."""
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+    return find_servable(model, *model_spec(request.model_spec))
+
+
+def input_tensors(signature: Any, inputs: Any) -> dict[str, np.ndarray]:
+    """The request's tensors for the signature, checked as TF Serving checks them before it
+    runs the model: how many (VerifyRequestInputsSize), which (GetInputValues), their dtypes
+    (the session's "Expects arg[i]"). Inputs are counted in sorted order, as TF Serving lists
+    them in its messages."""
+    expected, sent = sorted(signature.inputs), sorted(inputs)
+    if len(sent) > len(expected) or (len(sent) < len(expected) and not signature.defaults):
+        raise invalid_argument(
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({_set(sent)}) != len({_set(expected)}). "
+            f"Sent extra: {_set(set(sent) - set(expected))}. "
+            f"Missing but required: {_set(set(expected) - set(sent))}."
+        )
+    tensors = {}
+    for position, alias in enumerate(expected):
+        info = signature.inputs[alias]
+        if alias in inputs:
+            proto = inputs[alias]
+        elif alias in signature.defaults:
+            proto = signature.defaults[alias]
+        else:
+            raise invalid_argument(
+                f"Signature input alias: {alias}(feed name: {info.name}) not found in request "
+                f"and no default value provided. Inputs expected to be in the request "
+                f"{_set(sent)}, or default input alias set: {','.join(sorted(signature.defaults))}"
+            )
+        if proto.dtype != info.dtype:
+            raise invalid_argument(
+                f"Expects arg[{position}] to be {_dtype_name(info.dtype)} but "
+                f"{_dtype_name(proto.dtype)} is provided"
+            )
+        try:
+            tensors[alias] = (
+                decode_tensor(alias, proto) if alias in inputs else tf.make_ndarray(proto)
+            )
+        except TensorError:
+            raise invalid_argument(f"tensor parsing error: {alias}") from None
+    unused = set(sent) - set(expected)
+    if unused:
+        used = ",".join(alias for alias in sent if alias not in unused)
+        raise invalid_argument(
+            f"Inputs contains invalid name. Used request inputs: {used}, request input: "
+            f"{','.join(sent)}"
+        )
+    return tensors
+
+
+def output_aliases(signature: Any, output_filter: Iterable[str]) -> list[str]:
+    """The outputs to answer with: those filtered (each known, none twice), else all."""
+    aliases: list[str] = []
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {_set(signature.outputs)}."
+            )
+        if alias in aliases:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        aliases.append(alias)
+    return aliases or sorted(signature.outputs)
+
+
+def _handlers(service: object, requests: dict[str, Any]) -> grpc.GenericRpcHandler:
+    """grpc's handler of `service`'s methods: one per method path (/PACKAGE.SERVICE/METHOD, the
+    method a method of `service` of that name) with the request message it reads."""
+    service_name = next(iter(requests)).split("/")[1]
+    methods = {}
+    for path, request_class in requests.items():
+        method_name = path.rpartition("/")[2]
+        methods[method_name] = grpc.unary_unary_rpc_method_handler(
+            getattr(service, method_name),
+            request_deserializer=request_class.FromString,
+            response_serializer=_serialize,
+        )
+    return grpc.method_handlers_generic_handler(service_name, methods)
+
+
+def _serialize(message: Any) -> bytes:
+    return message.SerializeToString()
+
+
+def _set(names: Iterable[str]) -> str:
+    """A set of names as TF Serving's messages print one: {a,b}, sorted."""
+    return "{" + ",".join(sorted(names)) + "}"
+
+
+def _dtype_name(dtype: int) -> str:
+    """TensorFlow's DataTypeString ("uint8", "float", "string") of a DataType number."""
+    known = dtype in types_pb2.DataType.values()
+    return dtype_string(types_pb2.DataType.Name(dtype) if known else "DT_INVALID")
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """TF Serving's --grpc_channel_arguments ("grpc.max_connection_age_ms=30000,...") as
+    grpc server options; a value that is a number is passed as one."""
+    options: list[tuple[str, int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ServingError(f"a gRPC channel argument is KEY=VALUE, not {item!r}")
+        value = value.strip()
+        options.append((key.strip(), int(value) if value.lstrip("-").isdigit() else value))
+    return options
+
+
+class GrpcServer:
+    """The gRPC port of the local server: PredictionService and ModelService over `api`.
+
+    `max_connection_age_s` makes the server close each connection (GOAWAY) after that long,
+    with `max_connection_age_grace_s` for its calls to finish: clients then connect again and
+    a Kubernetes Service spreads them over new replicas, where long-lived HTTP/2 connections
+    would otherwise stay on the old ones. `max_message_bytes` bounds a request (pixels).
+    """
+
+    def __init__(
+        self,
+        api: RestApi,
+        port: int = GRPC_PORT,
+        host: str = "0.0.0.0",
+        max_connection_age_s: float | None = None,
+        max_workers: int = 16,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_connection_age_grace_s: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_S,
+        channel_arguments: Iterable[tuple[str, int | str]] = (),
+    ) -> None:
+        self.api = api
+        self.host = host
+        self.port = port
+        options: list[tuple[str, int | str]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener
+        ]
+        if max_connection_age_s is not None:
+            options.append(("grpc.max_connection_age_ms", round(max_connection_age_s * 1000)))
+            options.append(
+                ("grpc.max_connection_age_grace_ms", round(max_connection_age_grace_s * 1000))
+            )
+        options.extend(channel_arguments)  # given last: they override the above
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers, thread_name_prefix="grpc"), options=options
+        )
+        self._server.add_generic_rpc_handlers(
+            [
+                _handlers(
+                    PredictionService(api),
+                    {
+                        PREDICT: predict_pb2.PredictRequest,
+                        GET_MODEL_METADATA: get_model_metadata_pb2.GetModelMetadataRequest,
+                    },
+                ),
+                _handlers(
+                    ModelService(api),
+                    {GET_MODEL_STATUS: get_model_status_pb2.GetModelStatusRequest},
+                ),
+            ]
+        )
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> GrpcServer:
+        """Listen (port 0: a free port, then in `.port`) and serve from worker threads."""
+        wanted = self.address
+        try:
+            self.port = self._server.add_insecure_port(wanted)
+        except RuntimeError as e:  # grpc's "Failed to bind"
+            raise ServingError(f"cannot listen for gRPC on {wanted}: {e}") from None
+        if self.port == 0:  # older grpc reports a failed bind this way
+            raise ServingError(f"cannot listen for gRPC on {wanted}: is the port in use?")
+        self._server.start()
+        log.info("Running gRPC ModelServer at %s ...", self.address)
+        return self
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking calls and send GOAWAY; calls in flight get `grace_s` seconds to finish
+        (None: as long as they take), then are cancelled. Returns once all have ended."""
+        self._server.stop(grace_s).wait()
+
+    def __enter__(self) -> GrpcServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(grace_s=0)
