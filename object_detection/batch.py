@@ -29,7 +29,7 @@ from object_detection.pipeline import (
     write_json,
 )
 from object_detection.strict_json import dumps_json
-from tfserving.client import TFServingClient
+from tfserving.model_client import ModelClient
 
 SUMMARY_NAME = "summary.jsonl"
 
@@ -93,7 +93,7 @@ def is_complete(json_path: Path, image_path: Path | None) -> bool:
 
 
 def process(
-    client: TFServingClient,
+    client: ModelClient,
     item: BatchInput,
     label_map: LabelMap,
     detect_options: DetectOptions,
@@ -135,7 +135,7 @@ def process(
 
 
 def run_batch(
-    client: TFServingClient,
+    client: ModelClient,
     inputs: Iterable[BatchInput],
     label_map: LabelMap,
     detect_options: DetectOptions,

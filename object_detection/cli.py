@@ -1,7 +1,8 @@
-"""`client.py`: detect objects in a photo with a model served by TF Serving (REST).
+"""`client.py`: detect objects in a photo with a model served by TF Serving (REST or gRPC).
 
 The seed's command line still works as it was (`client.py --server_url ... --image_path ...`
-runs `predict`); `status` and `metadata` check a server before sending it work.
+runs `predict`); `status` and `metadata` check a server before sending it work. Every command
+speaks gRPC too (`--protocol grpc` or a `grpc://` URL), through the same library calls.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from tfserving.client import (
     TFServingClient,
 )
 from tfserving.console import with_hint
-from tfserving.conventions import DEFAULT_SIGNATURE, REST_PORT
+from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT, REST_PORT
 from tfserving.errors import (
     ResponseTooLarge,
     ServerTimeout,
@@ -35,10 +36,11 @@ from tfserving.errors import (
     TFServingError,
     UnfeedableInput,
 )
-from tfserving.spec import ServerSpec, ServerSpecError
+from tfserving.spec import ServerSpec, ServerSpecError, grpc_address
 
 if TYPE_CHECKING:
     from object_detection.label_map import LabelMap
+    from tfserving.model_client import ModelClient
 
 # The pipeline (numpy, Pillow, label maps), the batch and bench code and tqdm are imported in
 # the commands that use them: `--help` and a typo answer without them (bench_cold_start.py).
@@ -53,6 +55,9 @@ HINTS = {
     SignatureNotFound: "; pick one with --signature_name",
     UnfeedableInput: "; force an encoding with --encoding",
 }
+# An Authorization header value ("Bearer TOKEN") for servers behind an authenticating proxy:
+# read from here or from --authorization_file, never from the command line (process lists).
+AUTHORIZATION_ENV = "TFS_AUTHORIZATION"
 LISTED_DETECTIONS = 20  # the human summary's list; the JSON has every detection
 # Control characters (C0, DEL, C1): ESC starts the sequences that move the cursor or recolor.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -69,6 +74,12 @@ Examples:
   python client.py predict --model_name ssd photos/ 'more/**/*.png' --output_dir results/
   python client.py status --model_name ssd --wait 60
   python client.py metadata --server_url http://localhost:8501/v1/models/ssd
+  # gRPC (port 8500): pixels travel as raw bytes, not JSON text
+  python client.py predict --server_url grpc://localhost:8500 --model_name ssd photo.jpg
+  python client.py status --protocol grpc --model_name ssd
+  # TLS behind a load balancer that wants a token (read from the environment, never argv)
+  TFS_AUTHORIZATION="Bearer $TOKEN" python client.py predict --model_name ssd \\
+      --server_url grpcs://detect.example.com --ca_file ca.pem photo.jpg
 """
 
 
@@ -111,15 +122,24 @@ class ServerSettings:
     timeout: float
     retries: int
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    grpc_port: int | None = None  # None: REST
+    ca_file: Path | None = None
+    authorization: str | None = field(default=None, repr=False)
 
-    def client(self, retries: int | None = None, pool_size: int = 10) -> TFServingClient:
-        return TFServingClient(
-            self.spec,
-            self.timeout,
-            self.retries if retries is None else retries,
-            pool_size=pool_size,
-            max_response_bytes=self.max_response_bytes,
-        )
+    def client(self, retries: int | None = None, pool_size: int = 10) -> ModelClient:
+        """A REST or gRPC client of the model (gRPC multiplexes calls: no pool to size)."""
+        options: dict[str, Any] = {
+            "timeout": self.timeout,
+            "retries": self.retries if retries is None else retries,
+            "max_response_bytes": self.max_response_bytes,
+            "ca_file": self.ca_file,
+            "authorization": self.authorization,
+        }
+        if self.grpc_port is None:
+            return TFServingClient(self.spec, pool_size=pool_size, **options)
+        from tfserving.grpc_client import GrpcClient
+
+        return GrpcClient.from_spec(self.spec, self.grpc_port, **options)
 
 
 def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -130,7 +150,8 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
         envvar="TFS_SERVER_URL",
         help="TF Serving REST URL of the model, e.g. "
         "http://localhost:8501/v1/models/NAME:predict (also .../versions/N, .../labels/L, "
-        "or just http://HOST:PORT with --model_name). User and password in it "
+        "or just http://HOST:PORT with --model_name), or its gRPC address, "
+        "grpc://HOST:PORT (grpcs:// for TLS). User and password in it "
         "(http://user:secret@host) go as basic auth and are never printed; set TFS_SERVER_URL "
         "instead to keep them out of the process list.",
     )
@@ -138,9 +159,12 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option(
         "--port",
         type=click.IntRange(1, 65535),
-        default=REST_PORT,
-        show_default=True,
-        help="TF Serving's REST port.",
+        help=f"Server port  [default: {REST_PORT}, or {GRPC_PORT} with gRPC]",
+    )
+    @click.option(
+        "--protocol",
+        type=click.Choice(["rest", "grpc"]),
+        help="TF Serving API to call  [default: grpc for a grpc:// URL, else rest]",
     )
     @click.option("--model_name", help="Model name (overrides the one in --server_url).")
     @click.option("--model_version", type=click.IntRange(min=0), help="A specific version.")
@@ -164,34 +188,82 @@ def server_options(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.IntRange(min=0),
         default=DEFAULT_RETRIES,
         show_default=True,
-        help="Retries, with backoff, while the server refuses connections or answers 503.",
+        help="Retries, with backoff, while the server refuses connections or answers 503 "
+        "(gRPC: UNAVAILABLE).",
+    )
+    @click.option(
+        "--ca_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="TLS (https:// or grpcs://): trust the server's certificate if this CA bundle "
+        "(PEM) signed it  [default: the system's roots]",
+    )
+    @click.option(
+        "--authorization_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Send this file's content as the Authorization header (e.g. 'Bearer TOKEN'), "
+        f"for a server behind an authenticating proxy. Or set {AUTHORIZATION_ENV}; never "
+        "put a secret on the command line.",
     )
     @functools.wraps(command)
     def wrapper(
         server_url: str | None,
         host: str,
-        port: int,
+        port: int | None,
+        protocol: str | None,
         model_name: str | None,
         model_version: int | None,
         version_label: str | None,
         timeout: float,
         max_response_mb: float,
         retries: int,
+        ca_file: Path | None,
+        authorization_file: Path | None,
         **kwargs: Any,
     ) -> Any:
         try:
+            grpc_url = grpc_address(server_url) if server_url else None
+            if grpc_url and protocol == "rest":
+                raise click.UsageError("a grpc:// URL is gRPC's: drop --protocol rest")
+            use_grpc = grpc_url is not None or protocol == "grpc"
+            default_port = GRPC_PORT if use_grpc else REST_PORT
             if server_url:
-                spec = ServerSpec.from_url(server_url, model_name, model_version, version_label)
+                url = grpc_url[0] if grpc_url else server_url
+                spec = ServerSpec.from_url(url, model_name, model_version, version_label)
             elif model_name:
-                spec = ServerSpec.from_parts(host, port, model_name, model_version, version_label)
+                spec = ServerSpec.from_parts(
+                    host, port or default_port, model_name, model_version, version_label
+                )
             else:
                 raise click.UsageError("name the model: --server_url URL or --model_name NAME")
         except ServerSpecError as exc:
             raise click.UsageError(str(exc)) from None
-        settings = ServerSettings(spec, timeout, retries, int(max_response_mb * 2**20))
+        grpc_port = (grpc_url[1] if grpc_url else port or GRPC_PORT) if use_grpc else None
+        settings = ServerSettings(
+            spec,
+            timeout,
+            retries,
+            int(max_response_mb * 2**20),
+            grpc_port,
+            ca_file,
+            read_authorization(authorization_file),
+        )
         return command(server=settings, **kwargs)
 
     return wrapper
+
+
+def read_authorization(path: Path | None) -> str | None:
+    """The Authorization header's value from the file, else from the environment, else None."""
+    if path is None:
+        value = os.environ.get(AUTHORIZATION_ENV, "").strip()
+        source = AUTHORIZATION_ENV
+    else:
+        value, source = path.read_text().strip(), str(path)
+    if "\n" in value or "\r" in value:
+        raise click.UsageError(f"{source}: the Authorization value must be one line")
+    if path is not None and not value:
+        raise click.UsageError(f"{source} is empty: it should hold the Authorization value")
+    return value or None
 
 
 # Options of both predict and bench: the request is built the same way for both.
@@ -215,7 +287,8 @@ max_side_option = click.option(
 
 @click.group(cls=DefaultPredictGroup, epilog=EXAMPLES)
 def cli() -> None:
-    """Object detection through TF Serving's REST API: JSON results and an annotated picture."""
+    """Object detection through TF Serving's REST or gRPC API: JSON results and an annotated
+    picture."""
 
 
 @cli.command(epilog=EXAMPLES)
@@ -529,7 +602,8 @@ def bench(
         signature = client.metadata().signature(signature_name)
         chosen = choose_encoding(signature.image_input, encoding)
         bodies = [
-            request_body(load_image(image), chosen, signature.name, max_side)[0] for image in images
+            request_body(client, load_image(image), chosen, signature, max_side)[0]
+            for image in images
         ]
         what = f"{request_count} requests" if duration is None else f"{duration:g} s"
         click.echo(f"bench: {what} at concurrency {concurrency}, {chosen} encoding", err=True)
@@ -598,7 +672,7 @@ def metadata(server: ServerSettings, as_json: bool) -> None:
 
     with server.client() as client:
         if as_json:
-            click.echo(dumps_json(client.get_json(server.spec.metadata_url), depth=None))
+            click.echo(dumps_json(client.metadata_json(), depth=None))
             return
         model = client.metadata()
     say(f"model {model.model_name} version {model.version}")

@@ -1,8 +1,10 @@
 """One image through a served detection model: load, encode, predict, post-process, write.
 
-`detect()` is the library entry point. It holds no state of its own: the shared
-`TFServingClient` keeps the connection pool and the cached model metadata, so many threads
-can call `detect()` at once with one client.
+`detect()` is the library entry point. It holds no state of its own: the shared client
+(`TFServingClient` for REST, `GrpcClient` for gRPC) keeps the connections and the cached model
+metadata, so many threads can call `detect()` at once with one client. Both clients build a
+request for an image in their own protocol and answer in REST's form, so nothing here depends
+on the protocol.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,10 +26,11 @@ from object_detection.images import LoadedImage, load_image
 from object_detection.label_map import LabelMap
 from object_detection.options import DetectOptions
 from object_detection.strict_json import dumps_json
-from tfserving.client import TFServingClient
-from tfserving.encoding import b64_request, pixels_request
 from tfserving.errors import UnfeedableInput
-from tfserving.metadata import TensorSpec
+from tfserving.metadata import Signature, TensorSpec
+
+if TYPE_CHECKING:
+    from tfserving.model_client import ModelClient
 
 _ENCODING_FOR_DTYPE = {"DT_STRING": "b64", "DT_UINT8": "pixels"}
 # The result document as written: its sections and the detections one a line, each output in
@@ -89,7 +92,7 @@ def choose_encoding(image_input: TensorSpec, requested: str = "auto") -> str:
 
 
 def detect(
-    client: TFServingClient,
+    client: ModelClient,
     image_path: str | Path,
     label_map: LabelMap,
     options: DetectOptions = _DEFAULTS,
@@ -102,7 +105,7 @@ def detect(
     image = load_image(image_path, decode=encoding != "b64")  # b64: pixels only to draw
     loaded = time.perf_counter()
 
-    body, sent_size = request_body(image, encoding, signature.name, options.max_side)
+    body, sent_size = request_body(client, image, encoding, signature, options.max_side)
     encoded = time.perf_counter()
 
     response = client.predict(body)
@@ -133,20 +136,26 @@ def detect(
 
 
 def request_body(
-    image: LoadedImage, encoding: str, signature_name: str, max_side: int | None = None
+    client: ModelClient,
+    image: LoadedImage,
+    encoding: str,
+    signature: Signature,
+    max_side: int | None = None,
 ) -> tuple[bytes, tuple[int, int]]:
-    """The predict body for one image, and the (width, height) the model will see.
+    """The predict request for one image in the client's protocol, and the (width, height) the
+    model will see.
 
     `max_side` shrinks what goes over the wire on the pixel path (a 12 MP photo is about 100 MB
     of JSON; the SSD models look at 300x300 anyway). Boxes come back normalized, so they land
     on the original picture all the same. b64 sends the file's bytes as they are.
     """
+    input_name = signature.image_input.name
     if encoding == "b64":
-        return b64_request(image.encoded(), signature_name), image.size
+        return client.image_request(image.encoded(), input_name, signature.name), image.size
     picture = image.image
     if max_side and max(picture.size) > max_side:
         picture = ImageOps.contain(picture, (max_side, max_side), Image.Resampling.BILINEAR)
-    return pixels_request(np.asarray(picture), signature_name), picture.size
+    return client.image_request(np.asarray(picture), input_name, signature.name), picture.size
 
 
 def annotated_image_path(output_json: Path) -> Path:

@@ -5,6 +5,7 @@ It runs, and prints, the same commands a user types by hand in the seed's flow:
 1. `python -m serving.local_server ...` (the embedded stand-in for the tensorflow/serving image),
 2. `python client.py status --wait ...` until the model is AVAILABLE,
 3. the seed's exact `python client.py --server_url ... --save_output_image True ...` command,
+4. `python client.py status --server_url grpc://localhost:8500 ...`: the same server over gRPC,
 
 then stops the server and says where the JSON and the annotated picture are.
 
@@ -59,7 +60,7 @@ def port_is_free(port: int) -> bool:
 
 
 def pick_port(wanted: int) -> int:
-    """TF Serving's 8501 when free; otherwise any free port (said aloud), so the demo still runs."""
+    """TF Serving's port when free; otherwise any free port (said aloud), so the demo still runs."""
     if port_is_free(wanted):
         return wanted
     with socket.socket() as sock:
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     image = args.image_path or default_image()
     ensure_model(base_path, name)
     port = pick_port(args.rest_api_port)
+    grpc_port = pick_port(8500)  # TF Serving's gRPC port
     args.output_dir.mkdir(parents=True, exist_ok=True)
     output_json = args.output_dir / f"{image.stem}.json"
     server_log = args.output_dir / "local_server.log"
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--model_name={name}",
         f"--model_base_path={base_path}",
         f"--rest_api_port={port}",
+        f"--port={grpc_port}",
     ]
     print(f"\n$ {shlex.join(server_cmd)} 2>{server_log} &", flush=True)
     with server_log.open("wb") as log:
@@ -140,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         if predict.returncode != 0:
             return predict.returncode
+        # The same server over TF Serving's gRPC API (every client.py command takes a grpc:// URL).
+        over_grpc = [*client, "status", "--server_url", f"grpc://localhost:{grpc_port}"]
+        over_grpc = run([*over_grpc, "--model_name", name])
+        if over_grpc.returncode != 0:
+            return over_grpc.returncode
     finally:
         server.terminate()
         server.wait(timeout=30)
     print(f"\ndone: detections in {output_json}, the server's log in {server_log}")
+
     return 0
 
 

@@ -293,6 +293,7 @@ class GrpcServer:
     with `max_connection_age_grace_s` for its calls to finish: clients then connect again and
     a Kubernetes Service spreads them over new replicas, where long-lived HTTP/2 connections
     would otherwise stay on the old ones. `max_message_bytes` bounds a request (pixels).
+    With `credentials` (grpc's ssl_server_credentials) the port speaks TLS.
     """
 
     def __init__(
@@ -305,8 +306,10 @@ class GrpcServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_connection_age_grace_s: float = DEFAULT_MAX_CONNECTION_AGE_GRACE_S,
         channel_arguments: Iterable[tuple[str, int | str]] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.api = api
+        self.credentials = credentials
         self.host = host
         self.port = port
         options: list[tuple[str, int | str]] = [
@@ -348,7 +351,10 @@ class GrpcServer:
         """Listen (port 0: a free port, then in `.port`) and serve from worker threads."""
         wanted = self.address
         try:
-            self.port = self._server.add_insecure_port(wanted)
+            if self.credentials is None:
+                self.port = self._server.add_insecure_port(wanted)
+            else:
+                self.port = self._server.add_secure_port(wanted, self.credentials)
         except RuntimeError as e:  # grpc's "Failed to bind"
             raise ServingError(f"cannot listen for gRPC on {wanted}: {e}") from None
         if self.port == 0:  # older grpc reports a failed bind this way

@@ -8,7 +8,8 @@ Same flags as tensorflow_model_server (so the serving image's command line works
 
 It loads the highest numeric version under the base path, opens the port only once the model is
 loaded (as TF Serving does), serves requests concurrently and stops cleanly on SIGINT/SIGTERM,
-finishing the requests in flight. gRPC (--port) is not served.
+finishing the requests in flight. The gRPC API (PredictionService, ModelService) is served on
+--port (8500, as tensorflow_model_server; 0 turns it off) over the same loaded model.
 """
 
 from __future__ import annotations
@@ -28,14 +29,24 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from serving.errors import ServingError
+from tfserving.conventions import GRPC_PORT
+
 log = logging.getLogger("serving.local_server")
+
+# How long gRPC calls in flight get to finish after SIGTERM (Kubernetes' grace period is 30 s).
+STOP_GRACE_S = 25.0
+DEFAULT_GRPC_THREADS = 16
 
 EPILOG = """examples:
   python -m serving.local_server --model_name=ssd_mobilenet_v1_coco \\
       --model_base_path=../shared/models/ssd_mobilenet_v1_coco --rest_api_port=8501
-  # the tensorflow/serving image's command line also works (gRPC --port is accepted, not served):
+  # the tensorflow/serving image's command line also works: gRPC on 8500, REST on 8501
   python -m serving.local_server --port=8500 --rest_api_port=8501 \\
       --model_name=my_model --model_base_path=data/my_model
+  # gRPC connections closed after 5 minutes, so that clients spread over new replicas
+  python -m serving.local_server --model_name=m --model_base_path=data/m \\
+      --grpc_channel_arguments=grpc.max_connection_age_ms=300000
 """
 
 
@@ -234,7 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often to look for a new version under the base path (<= 0: never)",
     )
     parser.add_argument(
-        "--port", type=int, default=None, help="gRPC port of tensorflow_model_server: NOT served"
+        "--port",
+        type=int,
+        default=GRPC_PORT,
+        help="gRPC port (0: no gRPC), as tensorflow_model_server",
+    )
+    parser.add_argument(
+        "--grpc_channel_arguments",
+        default="",
+        help="gRPC server options, KEY=VALUE,... as tensorflow_model_server takes them (e.g. "
+        "grpc.max_connection_age_ms=300000 makes clients reconnect, and so spread over replicas)",
+    )
+    parser.add_argument(
+        "--grpc_max_threads",
+        type=int,
+        default=DEFAULT_GRPC_THREADS,
+        help="gRPC calls handled at the same time",
     )
     parser.add_argument(
         "--rest_api_host",
@@ -255,18 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
-    if args.port is not None:
-        log.warning(
-            "gRPC is not served by this local stand-in: --port=%d is ignored; use the REST API "
-            "on --rest_api_port=%d",
-            args.port,
-            args.rest_api_port,
-        )
-
     reuse_freed_memory()
     # Imported here so that --help is instant: TensorFlow takes seconds to import.
+    from serving.grpc_api import GrpcServer, parse_channel_arguments
     from serving.model import ModelDirError, ServedModel
     from serving.rest_api import RestApi
+
+    try:
+        channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
+    except ServingError as e:
+        print(f"local_server: error: {e}", file=sys.stderr)
+        return 2
 
     start = time.perf_counter()
     try:
@@ -284,9 +309,25 @@ def main(argv: list[str] | None = None) -> int:
 
     executor = ThreadPoolExecutor(args.rest_api_num_threads, thread_name_prefix="model")
     api = RestApi(model, executor, timeout_ms=args.rest_api_timeout_in_ms)
+    grpc_server = None
+    if args.port:
+        grpc_server = GrpcServer(
+            api,
+            args.port,
+            args.rest_api_host,
+            max_workers=args.grpc_max_threads,
+            channel_arguments=channel_arguments,
+        )
+        try:
+            grpc_server.start()
+        except ServingError as e:
+            print(f"local_server: error: {e}", file=sys.stderr)
+            return 1
     try:
         server = RestServer((args.rest_api_host, args.rest_api_port), api)
     except OSError as e:
+        if grpc_server is not None:
+            grpc_server.stop(grace_s=0)
         print(f"local_server: error: cannot listen on {args.rest_api_port}: {e}", file=sys.stderr)
         return 1
 
@@ -294,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s: finishing the requests in flight, then exiting", signal.Signals(signum).name)
         # shutdown() waits for serve_forever() to return, so it can't run in this (main) thread.
         threading.Thread(target=server.stop, name="stop").start()
+        if grpc_server is not None:  # GOAWAY now; the calls in flight finish meanwhile
+            threading.Thread(
+                target=grpc_server.stop, args=(STOP_GRACE_S,), name="stop-grpc"
+            ).start()
 
     watcher = None
     if args.file_system_poll_wait_seconds > 0:
@@ -306,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     if watcher is not None:
         watcher.stopped.set()
     server.server_close()  # joins the connection threads
+    if grpc_server is not None:
+        grpc_server.stop(STOP_GRACE_S)  # returns once its calls in flight have ended
     executor.shutdown(wait=True)
     log.info("stopped")
     return 0

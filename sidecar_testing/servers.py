@@ -23,7 +23,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from object_detection.images import LoadedImage
+from object_detection.pipeline import request_body
 from sidecar_testing.data import ROOT
+from tfserving.client import TFServingClient
+from tfserving.conventions import DEFAULT_SIGNATURE
+from tfserving.metadata import Signature, TensorSpec
 from tfserving.spec import ServerSpec
 
 HOST = "127.0.0.1"
@@ -54,11 +59,13 @@ class LocalServer:
         model_name: str = "model",
         port: int | None = None,
         extra_args: Sequence[str] = (),
+        grpc_port: int | None = None,
         start_timeout: float = 120.0,
     ) -> None:
         self.model_base_path = Path(model_base_path)
         self.model_name = model_name
         self.port = port or free_port()
+        self.grpc_port = grpc_port or free_port()  # served too, on a port of its own
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
@@ -69,6 +76,16 @@ class LocalServer:
     def spec(self) -> ServerSpec:
         """The served model as the client library names it (and builds its URLs)."""
         return ServerSpec.from_parts(HOST, self.port, self.model_name)
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the gRPC API."""
+        return f"{HOST}:{self.grpc_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """The gRPC API as client.py's --server_url names it."""
+        return f"grpc://{self.grpc_target}"
 
     @property
     def base_url(self) -> str:
@@ -92,6 +109,7 @@ class LocalServer:
             f"--model_base_path={self.model_base_path}",
             f"--rest_api_port={self.port}",
             f"--rest_api_host={HOST}",
+            f"--port={self.grpc_port}",
             *self.extra_args,
         ]
 
@@ -164,3 +182,18 @@ def wait_for_requests(server: LocalServer, expected: int, timeout: float = 10.0)
     while predict_requests(server) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
     return predict_requests(server)
+
+
+def rest_request_body(
+    image: LoadedImage, encoding: str, max_side: int | None = None
+) -> tuple[bytes, tuple[int, int]]:
+    """What client.py sends over REST for `image` to a one-input serving_default signature (the
+    body is built without a server: no request goes out)."""
+    signature = Signature(
+        DEFAULT_SIGNATURE,
+        "tensorflow/serving/predict",
+        (TensorSpec("inputs", "DT_STRING" if encoding == "b64" else "DT_UINT8", (-1,)),),
+        (),
+    )
+    with TFServingClient(ServerSpec.from_parts(HOST, 1, "model")) as client:
+        return request_body(client, image, encoding, signature, max_side)

@@ -20,10 +20,9 @@ from PIL import Image, ImageOps
 from object_detection.batch import SUMMARY_NAME
 from object_detection.images import ImageError, load_image
 from object_detection.inputs import iter_inputs
-from object_detection.pipeline import request_body
 from sidecar_testing.cli import run
 from sidecar_testing.data import IMAGE1, IMAGE2, LEFT_DOG, PIXEL_MODEL, RIGHT_DOG, ROOT
-from sidecar_testing.servers import predict_requests, wait_for_requests
+from sidecar_testing.servers import predict_requests, rest_request_body, wait_for_requests
 
 
 def summary(output_dir: Path) -> list[dict]:
@@ -273,13 +272,13 @@ def test_max_side_sends_fewer_pixels_and_boxes_land_on_the_original(
 
 def test_max_side_body_is_the_downscaled_picture():
     image = load_image(IMAGE2)
-    body, size = request_body(image, "pixels", "serving_default", max_side=500)
+    body, size = rest_request_body(image, "pixels", max_side=500)
     assert size == (500, 333)
     pixels = np.array(json.loads(body)["instances"][0], np.uint8)
     assert pixels.shape == (333, 500, 3)
     expected = np.asarray(image.image.resize((500, 333), Image.Resampling.BILINEAR))
     assert np.abs(pixels.astype(int) - expected).max() <= 1
     # Smaller images, and b64, are sent as they are.
-    assert request_body(image, "pixels", "serving_default", max_side=2000)[1] == (1352, 900)
-    b64_body, b64_size = request_body(image, "b64", "serving_default", max_side=500)
+    assert rest_request_body(image, "pixels", max_side=2000)[1] == (1352, 900)
+    b64_body, b64_size = rest_request_body(image, "b64", max_side=500)
     assert b64_size == (1352, 900) and len(b64_body) > IMAGE2.stat().st_size

@@ -5,10 +5,9 @@ import json
 import pytest
 
 from object_detection.images import load_image
-from object_detection.pipeline import request_body
 from sidecar_testing.cli import run
 from sidecar_testing.data import IMAGE1, IMAGE2
-from sidecar_testing.servers import predict_requests, wait_for_requests
+from sidecar_testing.servers import predict_requests, rest_request_body, wait_for_requests
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LATENCY_ORDER = ["min", "p50", "p90", "p95", "p99", "max"]
@@ -47,7 +46,7 @@ def test_duration_and_human_report(pixel_server):
     assert result.exit_code == 0, result.output
     head, throughput, latency, errors = result.stdout.splitlines()
     assert "at concurrency 2" in head and "(after 2 warm-up requests)" in head
-    body = request_body(load_image(IMAGE1), "pixels", "serving_default", max_side=300)[0]
+    body = rest_request_body(load_image(IMAGE1), "pixels", max_side=300)[0]
     assert f", {len(body):,} bytes sent per request" in head
     requests, seconds = int(head.split()[0]), float(head.split(" in ")[1].split()[0])
     assert requests >= 2 and seconds >= 1.4

@@ -295,3 +295,27 @@ def test_credentials_from_the_environment(serve):
     assert result.exit_code == 0, result.output
     assert server.authorizations[-1].startswith("Basic ")
     assert SECRET not in result.output
+
+
+def test_an_authorization_header_from_a_file_or_the_environment(serve, tmp_path):
+    """For servers behind an authenticating proxy: the value never comes from argv and is
+    never shown; the file wins over the environment."""
+    server = serve(lambda handler: send(handler, 200, json.dumps({"predictions": [DOG]}).encode()))
+    token_file = tmp_path / "token"
+    token_file.write_text(f"Bearer {SECRET}-file\n")
+    env = {"TFS_AUTHORIZATION": f"Bearer {SECRET}-env"}
+    for args, sent in [
+        ([], f"Bearer {SECRET}-env"),
+        (["--authorization_file", str(token_file)], f"Bearer {SECRET}-file"),
+    ]:
+        result = CliRunner(env=env).invoke(
+            cli, ["--server_url", server.url(), "--image_path", str(IMAGE1), *args]
+        )
+        assert result.exit_code == 0, result.output
+        assert server.authorizations[-1] == sent
+        assert SECRET not in result.output
+    token_file.write_text("Bearer a\nX-Injected: 1")
+    result = CliRunner().invoke(
+        cli, ["status", "--server_url", server.url(), "--authorization_file", str(token_file)]
+    )
+    assert result.exit_code == 2 and "must be one line" in result.stderr

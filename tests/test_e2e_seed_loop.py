@@ -81,23 +81,24 @@ def logs(container: Container) -> str:
 
 
 @contextmanager
-def serving_container(client: docker.DockerClient, image: str) -> Iterator[int]:
-    """Run `image` as a cluster would (uid 1000, no root); yield its REST port; always remove it.
+def serving_container(client: docker.DockerClient, image: str) -> Iterator[tuple[int, int]]:
+    """Run `image` as a cluster would (uid 1000, no root); yield its REST and gRPC ports; always
+    remove it.
 
     As with tensorflow/serving, the container's arguments are appended to the entrypoint's flags
     and the last one wins: free ports instead of 8501/8500, which may be taken on this machine.
     """
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     container = client.containers.run(
         image,
-        command=[f"--rest_api_port={port}", f"--port={free_port()}"],
+        command=[f"--rest_api_port={port}", f"--port={grpc_port}"],
         user="1000",
         network_mode="host",
         name=f"{CONTAINER_PREFIX}{uuid.uuid4().hex[:12]}",
         detach=True,
     )
     try:
-        yield port
+        yield port, grpc_port
         container.stop(timeout=20)
         exit_code = container.wait(timeout=30)["StatusCode"]
         assert exit_code == 0, f"server did not stop cleanly on SIGTERM:\n{logs(container)}"
@@ -121,12 +122,19 @@ def serve_and_detect(
     pulled = client.images.pull(cleanup.image(pushed["reference"]))
     assert pulled.id == pushed["image_id"]
 
-    with serving_container(client, pushed["reference"]) as port:
+    with serving_container(client, pushed["reference"]) as (port, grpc_port):
         status = run(
             *("client.py", "status", "--wait", "120", "--host", "127.0.0.1"),
             *("--port", str(port), "--model_name", MODEL_NAME),
         )
         assert status.returncode == 0, status.stdout + status.stderr
+        # The container answers on TF Serving's gRPC port too.
+        over_grpc = run(
+            *("client.py", "status", "--protocol", "grpc", "--host", "127.0.0.1"),
+            *("--port", str(grpc_port), "--model_name", MODEL_NAME),
+        )
+        assert over_grpc.returncode == 0, over_grpc.stdout + over_grpc.stderr
+        assert over_grpc.stdout == status.stdout
         output_json = out_dir / "out_image1.json"
         server_url = f"http://localhost:{port}/v1/models/{MODEL_NAME}:predict"
         # The seed's command line, only the port differs.

@@ -1,5 +1,6 @@
-"""The manifest's readiness and startup probes, sent the way the kubelet sends them, to the
-project's local TF Serving stand-in: they fail until the model is loaded and pass after.
+"""The manifest's probes, sent the way the kubelet sends them, to the project's local TF Serving
+stand-in: readiness and startup fail until the model is loaded and pass after; liveness (a TCP
+connection to the gRPC port) passes while the server runs and fails once it has stopped.
 
 Path, port and timeout come from faster_rcnn_resnet_k8s.yaml itself, so a probe edited to a
 wrong path or port fails here. The one translation is the address: in a pod the kubelet probes
@@ -8,6 +9,7 @@ POD_IP:containerPort (8501); here the server listens on a free loopback port ins
 machine).
 """
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,10 +29,18 @@ def serving_container() -> dict:
     return container
 
 
-def forwarded(container: dict, local_port: int) -> dict[int, int]:
-    """The container's REST port (8501, named http) mapped to where the local server listens."""
-    (rest,) = [p["containerPort"] for p in container["ports"] if p["name"] == "http"]
-    return {rest: local_port}
+def forwarded(container: dict, server: LocalServer) -> dict[int, int]:
+    """The container's REST and gRPC ports (8501 named http, 8500 named grpc) mapped to where
+    the local server listens."""
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    return {ports["http"]: server.port, ports["grpc"]: server.grpc_port}
+
+
+def container_port(port: int | str, container: dict) -> int:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, str):
+        return next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+    return port
 
 
 def kubelet_http_probe(probe: dict, container: dict, local_ports: dict[int, int]) -> bool:
@@ -38,9 +48,7 @@ def kubelet_http_probe(probe: dict, container: dict, local_ports: dict[int, int]
     container's ports, success for a status 200-399 within timeoutSeconds, failure for anything
     else, a refused connection included."""
     http_get = probe["httpGet"]
-    port = http_get["port"]
-    if isinstance(port, str):
-        port = next(p["containerPort"] for p in container["ports"] if p.get("name") == port)
+    port = container_port(http_get["port"], container)
     url = f"http://{HOST}:{local_ports[port]}{http_get['path']}"
     try:
         response = requests.get(
@@ -56,8 +64,9 @@ def test_probe_fails_until_the_model_is_loaded_then_passes(probe_name: str) -> N
     container = serving_container()
     probe = container[probe_name]
     model_name = next(e["value"] for e in container["env"] if e["name"] == "MODEL_NAME")
-    server = LocalServer(PIXEL_MODEL, model_name=model_name)  # on a free loopback port
-    local_ports = forwarded(container, server.port)
+    # On free loopback ports, with the arguments the manifest appends to the image's command.
+    server = LocalServer(PIXEL_MODEL, model_name=model_name, extra_args=container["args"])
+    local_ports = forwarded(container, server)
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         started = pool.submit(server.start)  # returns once the port accepts connections
@@ -87,7 +96,28 @@ def test_probe_on_a_model_the_server_does_not_have_fails(pixel_server: LocalServ
     assert pixel_server.model_name != "faster_rcnn_resnet"
 
     ready = kubelet_http_probe(
-        container["readinessProbe"], container, forwarded(container, pixel_server.port)
+        container["readinessProbe"], container, forwarded(container, pixel_server)
     )
 
     assert ready is False
+
+
+def kubelet_tcp_probe(probe: dict, container: dict, local_ports: dict[int, int]) -> bool:
+    """One tcpSocket probe attempt: success when a connection opens within timeoutSeconds."""
+    port = container_port(probe["tcpSocket"]["port"], container)
+    try:
+        socket.create_connection((HOST, local_ports[port]), probe.get("timeoutSeconds", 1)).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_liveness_probe_reaches_the_grpc_port_while_the_server_runs() -> None:
+    container = serving_container()
+    probe = container["livenessProbe"]
+    server = LocalServer(PIXEL_MODEL, model_name="m")
+    local_ports = forwarded(container, server)
+    with server:
+        alive = [kubelet_tcp_probe(probe, container, local_ports) for _ in range(3)]
+    assert alive == [True, True, True]
+    assert kubelet_tcp_probe(probe, container, local_ports) is False  # stopped: nothing listens

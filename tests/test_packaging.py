@@ -97,7 +97,9 @@ def venv(tmp_path_factory):
     return folder / "bin"
 
 
-def test_install_gives_the_client_without_tensorflow_then_the_server(venv, wheel, tmp_path):
+def test_install_gives_the_client_without_tensorflow_then_the_server(
+    venv, wheel, tmp_path, pixel_server
+):
     pip = [venv / "python", "-m", "pip", "--disable-pip-version-check", "--quiet"]
     run(*pip, "install", wheel)
     usage = run(venv / "tfs-client", "--help", cwd=tmp_path)
@@ -110,6 +112,10 @@ def test_install_gives_the_client_without_tensorflow_then_the_server(venv, wheel
         "from object_detection.label_map import coco_label_map; print(coco_label_map().label(18))"
     )
     assert run(venv / "python", "-c", label, cwd=tmp_path).strip() == "dog"
+    # gRPC from the client-only install: grpcio and the project's own protos, no TensorFlow.
+    target = ["--server_url", pixel_server.grpc_url, "--model_name", pixel_server.model_name]
+    status = run(venv / "tfs-client", "status", *target, cwd=tmp_path)
+    assert status == f"{pixel_server.model_name} version 1: AVAILABLE\n"
 
     run(*pip, "install", f"{wheel}[server]", timeout=1800)
     port = free_port()
@@ -117,6 +123,7 @@ def test_install_gives_the_client_without_tensorflow_then_the_server(venv, wheel
         [
             venv / "tfs-local-server",
             f"--rest_api_port={port}",
+            f"--port={free_port()}",
             "--model_name=ssd",
             f"--model_base_path={PIXEL_MODEL}",
         ],

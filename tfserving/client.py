@@ -27,7 +27,8 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -53,6 +54,9 @@ from tfserving.errors import (
 )
 from tfserving.metadata import ModelMetadata, field, parse_metadata
 from tfserving.spec import ServerSpec
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
@@ -84,15 +88,19 @@ class TFServingClient:
         backoff: float = 0.5,
         pool_size: int = 10,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        ca_file: str | Path | None = None,
+        authorization: str | None = None,
     ) -> None:
         self.spec = spec
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_response_bytes = max_response_bytes
-        self._pool = _pool(spec.base_url, pool_size)
+        self._pool = _pool(spec.base_url, pool_size, ca_file)
         self._headers = dict(_HEADERS)
-        if spec.credentials:
+        if authorization:
+            self._headers["Authorization"] = authorization
+        elif spec.credentials:
             self._headers.update(urllib3.make_headers(basic_auth=spec.credentials))
         self._metadata: ModelMetadata | None = None
         self._lock = threading.Lock()
@@ -116,6 +124,22 @@ class TFServingClient:
             if self._metadata is None:
                 self._metadata = parse_metadata(self.get_json(self.spec.metadata_url))
             return self._metadata
+
+    def metadata_json(self) -> dict[str, Any]:
+        """GET .../metadata: TF Serving's answer as it is."""
+        return self.get_json(self.spec.metadata_url)
+
+    def image_request(
+        self, image: bytes | np.ndarray, input_name: str, signature_name: str
+    ) -> bytes:
+        """The predict body for one image: an encoded file's bytes as `{"b64": ...}` for a
+        DT_STRING input, or an (H, W, C) uint8 array as pixels. The row format names no input:
+        a detection signature has one."""
+        from tfserving.encoding import b64_request, pixels_request  # numpy: not for --help
+
+        if isinstance(image, bytes):
+            return b64_request(image, signature_name)
+        return pixels_request(image, signature_name)
 
     def predict(self, body: bytes) -> dict[str, Any]:
         """POST an already-encoded JSON body to :predict and return the decoded answer."""
@@ -313,11 +337,16 @@ class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-def _pool(base_url: str, size: int) -> HTTPConnectionPool:
-    """One keep-alive pool for the server's origin; connections beyond `size` are not kept."""
+def _pool(base_url: str, size: int, ca_file: str | Path | None = None) -> HTTPConnectionPool:
+    """One keep-alive pool for the server's origin; connections beyond `size` are not kept.
+    HTTPS checks the server against `ca_file` when given, else the system's roots."""
     url = parse_url(base_url)
-    pool_class = _HTTPSPool if url.scheme == "https" else _Pool
-    return pool_class(url.host, url.port, maxsize=size, block=False, retries=False)
+    options: dict[str, Any] = {"maxsize": size, "block": False, "retries": False}
+    if url.scheme != "https":
+        return _Pool(url.host, url.port, **options)
+    if ca_file is not None:
+        options["ca_certs"] = str(ca_file)
+    return _HTTPSPool(url.host, url.port, **options)
 
 
 def _reason(exc: NewConnectionError) -> str:

@@ -23,9 +23,14 @@ class TFServingError(SidecarError):
 class ServerUnreachable(TFServingError):
     def __init__(self, url: str, reason: str) -> None:
         self.url = url
+        ports = (
+            "gRPC is port 8500 by default; 8501 is REST"
+            if url.startswith("grpc")
+            else "REST is port 8501 by default; 8500 is gRPC"
+        )
         super().__init__(
             f"cannot reach TF Serving at {url} ({reason}). Is the server running and are the "
-            "host and port right? (REST is port 8501 by default; 8500 is gRPC.)"
+            f"host and port right? ({ports}.)"
         )
 
 
@@ -74,6 +79,17 @@ class ServerError(TFServingError):
         super().__init__(f"TF Serving returned HTTP {status} for {url}: {message}")
 
 
+class GrpcStatusError(TFServingError):
+    """TF Serving answered a call with an error status; `code` is its canonical name
+    (NOT_FOUND, INVALID_ARGUMENT, ...) and `message` its text, as the REST API words it too."""
+
+    def __init__(self, url: str, method: str, code: str, message: str) -> None:
+        self.url = url
+        self.code = code
+        self.message = message
+        super().__init__(f"TF Serving at {url} answered {method} with {code}: {one_line(message)}")
+
+
 class NotTFServing(TFServingError):
     """The answer is not TF Serving's JSON (a proxy's HTML page, a different service...)."""
 
@@ -98,3 +114,8 @@ class SignatureNotFound(UnsupportedSignature):
 
 class UnfeedableInput(UnsupportedSignature):
     """The signature's image input has a dtype no image encoding fits."""
+
+
+def one_line(message: str) -> str:
+    """A server's message as one line: gRPC's and TensorFlow's run to several."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -39,7 +39,14 @@ from tfserving.client import (
     parse_status,
 )
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
-from tfserving.errors import ResponseTooLarge, ServerTimeout, ServerUnreachable, TFServingError
+from tfserving.errors import (
+    GrpcStatusError,
+    ResponseTooLarge,
+    ServerTimeout,
+    ServerUnreachable,
+    TFServingError,
+    one_line,
+)
 from tfserving.metadata import MalformedAnswer, ModelMetadata, parse_metadata
 from tfserving.spec import ServerSpec
 from tfserving.tensors import TensorError, decode_tensor, encode_tensor
@@ -52,17 +59,6 @@ SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 
 # grpc's own wording when an answer passes the channel's receive limit.
 _TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
-
-
-class GrpcStatusError(TFServingError):
-    """TF Serving answered a call with an error status; `code` is its canonical name
-    (NOT_FOUND, INVALID_ARGUMENT, ...) and `message` its text, as the REST API words it too."""
-
-    def __init__(self, url: str, method: str, code: str, message: str) -> None:
-        self.url = url
-        self.code = code
-        self.message = message
-        super().__init__(f"TF Serving at {url} answered {method} with {code}: {one_line(message)}")
 
 
 class MalformedGrpcAnswer(MalformedAnswer):
@@ -117,6 +113,9 @@ class GrpcClient:
             ("grpc.max_receive_message_length", max_response_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.primary_user_agent", "tensorflow-serving-sidecar"),
+            # Every address the name resolves to, in turn: behind a headless Kubernetes Service
+            # (one DNS record per pod) calls spread over the pods; one address is as before.
+            ("grpc.lb_policy_name", "round_robin"),
         ]
         if tls:
             roots = Path(ca_file).read_bytes() if ca_file is not None else None
@@ -296,11 +295,6 @@ class GrpcClient:
         ):
             return ResponseTooLarge(self.url, self.max_response_bytes)
         return GrpcStatusError(self.url, path.rpartition("/")[2], code, details)
-
-
-def one_line(message: str) -> str:
-    """A status message as one line: gRPC's and TensorFlow's run to several."""
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def _proto_json(message: Any) -> dict:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from tfserving.client import TFServingClient
 from tfserving.errors import NotTFServing, ServerError
+from tfserving.model_client import ModelClient
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -84,7 +84,7 @@ def error_kind(exc: Exception) -> str:
 
 
 def run_bench(
-    client: TFServingClient,
+    client: ModelClient,
     bodies: Sequence[bytes],
     concurrency: int = 1,
     requests: int | None = None,
@@ -104,7 +104,7 @@ def run_bench(
 
 
 def _closed_loop(
-    client: TFServingClient,
+    client: ModelClient,
     bodies: Sequence[bytes],
     concurrency: int,
     requests: int | None,

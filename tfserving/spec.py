@@ -12,7 +12,12 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
+from tfserving.conventions import GRPC_PORT
 from tfserving.errors import TFServingError
+
+# gRPC URLs name the same server as http(s) ones (grpcs: with TLS); their port is gRPC's.
+GRPC_SCHEMES = {"grpc": "http", "grpcs": "https"}
+TLS_PORT = 443
 
 _MODEL_PATH = re.compile(
     r"^(?P<prefix>.*?)/v1/models/(?P<name>[^/:]+)"
@@ -122,3 +127,20 @@ def redact_url(url: str) -> str:
         return url
     user = userinfo.partition(":")[0]
     return f"{scheme}{sep}{user}:***@{host}{slash}{path}"
+
+
+def grpc_address(url: str) -> tuple[str, int] | None:
+    """For `grpc://HOST[:PORT][/v1/models/NAME...]` (`grpcs://` with TLS): the same address as an
+    http(s) URL, which `ServerSpec.from_url` reads (the model, version and credentials in it),
+    and the gRPC port: the URL's, else 8500 (443 with TLS). None for any other URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in GRPC_SCHEMES:
+        return None
+    http_url = f"{GRPC_SCHEMES[scheme.lower()]}://{rest}"
+    try:
+        port = urlsplit(http_url).port
+    except ValueError:  # not a number, or beyond 65535
+        raise ServerSpecError(f"not a gRPC URL: {redact_url(url)!r}") from None
+    if port is None:
+        port = GRPC_PORT if scheme.lower() == "grpc" else TLS_PORT
+    return http_url, port
