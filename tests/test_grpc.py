@@ -327,9 +327,13 @@ def test_the_authorization_header_is_sent() -> None:
     try:
         with GrpcClient(f"{HOST}:{port}", "m", authorization="Bearer s3cret") as grpc_client:
             assert grpc_client.status() == []
+        # A URL's user:password go as basic auth, unless an authorization value is given.
+        spec = ServerSpec.from_url(f"http://user:pa55@{HOST}:1/v1/models/m")
+        with GrpcClient.from_spec(spec, port, authorization=None) as grpc_client:
+            assert grpc_client.status() == []
     finally:
         server.stop(0).wait()
-    assert seen == ["Bearer s3cret"]
+    assert seen == ["Bearer s3cret", "Basic dXNlcjpwYTU1"]
 
 
 def test_channel_arguments_read_as_tf_serving_writes_them() -> None:
