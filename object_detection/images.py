@@ -13,6 +13,7 @@ its work per photo when many photos go to a model that takes encoded bytes.
 
 from __future__ import annotations
 
+import importlib
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +30,13 @@ from object_detection.errors import ImageError
 _SENT_AS_IS = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _JPEG_QUALITY = 95
+# The format plugins Image.open needs for a file, by its first bytes. Pillow's first Image.open
+# imports five (Image.preinit: BMP, GIF, JPEG, PPM, PNG; about 10 ms of a one-photo run, more
+# than reading the photo's header). A JPEG needs its own only; a PNG its own and JPEG's, in
+# which annotated pictures are saved. Anything else gets preinit's five, as before.
+_JPEG = "JpegImagePlugin"
+_PREINIT = ("BmpImagePlugin", "GifImagePlugin", _JPEG, "PpmImagePlugin", "PngImagePlugin")
+_PLUGINS = {b"\xff\xd8\xff": (_JPEG,), b"\x89PNG\r\n\x1a\n": (_JPEG, "PngImagePlugin")}
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,7 @@ def load_image(path: str | Path, decode: bool = True) -> LoadedImage:
 @contextmanager
 def _opened(path: Path, data: bytes) -> Iterator[Image.Image]:
     """Image.open with Pillow's errors turned into ImageErrors that name the file."""
+    _import_plugins(data)
     try:
         with Image.open(io.BytesIO(data)) as opened:
             yield opened
@@ -109,6 +118,20 @@ def _opened(path: Path, data: bytes) -> Iterator[Image.Image]:
         raise ImageError(f"{path} is not an image (JPEG, PNG, ... expected)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"{path}: broken or truncated image data ({exc})") from None
+
+
+def _import_plugins(data: bytes) -> None:
+    """Import the plugins `data` needs (_PLUGINS), then mark Pillow's preinit as done so that
+    Image.open does not import the others. Any file still opens as it did: a JPEG or PNG by the
+    plugin it would have found first anyway (the five accept disjoint magic numbers); any other
+    file after preinit's five, here; one that none of them takes (WebP, TIFF...) through
+    Image.open's fallback, which imports every plugin (Image.init), as before. The mark is
+    Pillow's private flag: should a release drop it, only the 10 ms come back."""
+    magic = next((magic for magic in _PLUGINS if data.startswith(magic)), None)
+    for plugin in _PLUGINS[magic] if magic else _PREINIT:
+        importlib.import_module(f"PIL.{plugin}")
+    if getattr(Image, "_initialized", None) == 0:  # 0: preinit() has not run
+        Image._initialized = 1
 
 
 def _decode(path: Path, data: bytes) -> Image.Image:

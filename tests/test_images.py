@@ -3,14 +3,18 @@
 All images are made here, so each test knows the exact pixels to expect.
 """
 
+import hashlib
 import io
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from object_detection.images import ImageError, load_image
-from sidecar_testing.data import IMAGE1
+from sidecar_testing.data import IMAGE1, ROOT
 
 # An asymmetric 3-colour picture: any flip or rotation of it is visible in the pixels.
 UPRIGHT = np.zeros((40, 60, 3), np.uint8)
@@ -158,3 +162,45 @@ def test_truncated_jpeg(tmp_path):
     (tmp_path / "cut.jpg").write_bytes(IMAGE1.read_bytes()[:4000])
     with pytest.raises(ImageError, match="broken or truncated"):
         load_image(tmp_path / "cut.jpg")
+
+
+# In a fresh interpreter, as client.py runs: load each image named, say what it was and which
+# of Pillow's format plugins got imported.
+LOAD_FRESH = """
+import hashlib, json, sys
+from object_detection.images import load_image
+images = [load_image(path) for path in sys.argv[1:]]
+plugins = sorted(name[4:] for name in sys.modules if name.startswith("PIL.") and "Plugin" in name)
+print(json.dumps({
+    "images": [[i.file_format, i.size, hashlib.sha256(i.encoded()).hexdigest()] for i in images],
+    "plugins": plugins,
+}))
+"""
+
+
+def load_fresh(*paths):
+    command = [sys.executable, "-c", LOAD_FRESH, *map(str, paths)]
+    process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr
+    return json.loads(process.stdout)
+
+
+def test_a_photo_imports_only_the_pillow_plugins_it_needs(tmp_path):
+    """Pillow's first Image.open would import five format plugins; a JPEG needs one."""
+    assert load_fresh(IMAGE1)["plugins"] == ["JpegImagePlugin"]
+    Image.fromarray(UPRIGHT).save(tmp_path / "photo.png")
+    assert load_fresh(tmp_path / "photo.png")["plugins"] == ["JpegImagePlugin", "PngImagePlugin"]
+
+
+def test_every_format_opens_after_a_jpeg_in_a_fresh_process(tmp_path):
+    """After a JPEG (only its plugin imported), any other format still opens, and loads as in
+    a process where Pillow imported its plugins itself."""
+    paths = [IMAGE1, save_with_orientation(tmp_path / "rotated.jpg", 6, "JPEG")]
+    for image_format in ("PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM"):
+        paths.append(tmp_path / f"picture.{image_format.lower()}")
+        Image.fromarray(UPRIGHT).save(paths[-1], image_format, lossless=True)
+    expected = [
+        [loaded.file_format, list(loaded.size), hashlib.sha256(loaded.encoded()).hexdigest()]
+        for loaded in map(load_image, paths)
+    ]
+    assert load_fresh(*paths)["images"] == expected

@@ -54,17 +54,18 @@ def pixels_json(pixels: np.ndarray) -> bytes:
     return text.tobytes().replace(b" ", b"")
 
 
-def _body(instance: bytes, signature_name: str) -> bytes:
-    """`{"signature_name": ..., "instances": [instance]}`: TF Serving's row format, one image."""
+def _body(signature_name: str, *instance: bytes) -> bytes:
+    """`{"signature_name": ..., "instances": [instance]}`: TF Serving's row format, one image.
+    The instance comes in parts, joined once: a photo's body is megabytes, each copy counts."""
     name = json.dumps(signature_name).encode()
-    return b"".join([b'{"signature_name":', name, b',"instances":[', instance, b"]}"])
+    return b"".join([b'{"signature_name":', name, b',"instances":[', *instance, b"]}"])
 
 
 def pixels_request(pixels: np.ndarray, signature_name: str) -> bytes:
     """Predict body for a uint8 image input: `{"instances": [H x W x C array]}`."""
-    return _body(pixels_json(pixels), signature_name)
+    return _body(signature_name, pixels_json(pixels))
 
 
 def b64_request(encoded_image: bytes, signature_name: str) -> bytes:
     """Predict body for a DT_STRING input: `{"instances": [{"b64": ...}]}`."""
-    return _body(b'{"b64":"' + base64.b64encode(encoded_image) + b'"}', signature_name)
+    return _body(signature_name, b'{"b64":"', base64.b64encode(encoded_image), b'"}')
