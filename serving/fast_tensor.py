@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from serving.errors import StatusError
-from serving.json_tensor import NUMPY_DTYPES, RequestFormat
+from serving.json_tensor import MAX_TENSOR_RANK, NUMPY_DTYPES, RequestFormat
 
 _WHITESPACE = b" \t\n\r"
 
@@ -303,8 +303,8 @@ def _leading_zero(flags: bytearray, negatives: bool) -> bool:
 def _dense_shape(skeleton: bytes) -> list[int] | None:
     """The shape whose dense-array skeleton ("[[,],[,]]" in class bytes) this is, or None."""
     rank = len(skeleton) - len(skeleton.lstrip(bytes([_OPEN])))
-    if rank == 0:
-        return None
+    if rank == 0 or rank > MAX_TENSOR_RANK:
+        return None  # deeper than a tensor (the general path says so); checking it is quadratic
     close = skeleton.find(bytes([_CLOSE]), rank)
     if close < 0:
         return None
