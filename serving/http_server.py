@@ -281,11 +281,9 @@ class RestServer:
                 close = error is not None and "Transfer-Encoding" in request.headers
             except _Reject as e:
                 status, payload, error, close = e.status, error_json(e.message), e.message, True
-            except ConnectionError:
-                elapsed_ms = (time.perf_counter() - start) * 1e3
-                error = "the client went away before the answer"
-                self.log_request(request.method, request.raw_path, 499, elapsed_ms, error)
-                raise  # aiohttp drops the connection quietly
+            except ConnectionError:  # the write below fails quietly too
+                status, error, close = 499, "the client went away before the answer", True
+                payload = error_json(error)
             response = _json_response(status, payload)
             if close or self.stopping:
                 response.force_close()
@@ -294,7 +292,8 @@ class RestServer:
                 await response.prepare(request)
                 await response.write_eof()
             except ConnectionError:
-                error = f"{error or 'answered'}; the client went away before the answer"
+                if status != 499:
+                    error = f"{error or 'answered'}; the client went away before the answer"
         finally:
             connection.busy = False
             connection.idle_since = time.monotonic()
@@ -389,10 +388,14 @@ def _check_framing(request: web.BaseRequest, limit: int) -> int | None:
         if "Content-Length" in headers:
             raise _Reject(400, "Malformed request: both Content-Length and Transfer-Encoding")
         if len(codings) > 1 or codings[0].strip().lower() != "chunked":
-            raise _Reject(501, f"Unsupported Transfer-Encoding: {', '.join(codings)}")
+            # "gzip, chunked" is framed by chunked, but what it frames can't be read: refused
+            # like every other Transfer-Encoding but plain "chunked" (a smuggling pattern).
+            raise _Reject(400, f"Unsupported Transfer-Encoding: {', '.join(codings)}")
         return None
     if headers.get("Content-Encoding", "identity").lower() != "identity":
-        raise _Reject(501, f"Unsupported Content-Encoding: {headers['Content-Encoding']}")
+        # aiohttp would inflate it unbounded; the limit would then have to count the inflated
+        # size. Not supported (yet): RFC 9110's answer to an unsupported content coding.
+        raise _Reject(415, f"Unsupported Content-Encoding: {headers['Content-Encoding']}")
     lengths = headers.getall("Content-Length", [])
     if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
         raise _Reject(400, "Malformed request: bad Content-Length")

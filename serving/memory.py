@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 
 
 @functools.cache
@@ -31,7 +32,12 @@ def reuse_freed_memory() -> None:
 
 
 def release_freed_memory() -> None:
-    """Return the heap's free pages to the kernel (malloc_trim; ctypes releases the GIL)."""
+    """Return the heap's free pages to the kernel (malloc_trim; ctypes releases the GIL).
+
+    Request objects in reference cycles (aiohttp's, exceptions') can hold a body until the
+    cycle collector runs: collect first.
+    """
+    gc.collect()
     malloc_trim = getattr(_libc(), "malloc_trim", None)
     if malloc_trim is not None:
         malloc_trim(0)
