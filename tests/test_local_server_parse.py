@@ -300,3 +300,15 @@ def test_quoting_a_big_body_in_an_error_stops_at_the_cut() -> None:
     quoted = json_tensor.json_value_to_string(doc)
     assert quoted.endswith("...(truncated)")
     assert len(quoted) == 1000 + len("...(truncated)")
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 64])
+def test_integers_read_in_small_steps_are_the_same(monkeypatch, step: int) -> None:
+    """The integer reader cuts the buffer into steps: numbers across a cut read the same."""
+    monkeypatch.setattr(fast_tensor, "_STEP", step)
+    rng = random.Random(step)
+    for dtype in ("DT_UINT8", "DT_INT32", "DT_FLOAT"):
+        for shape in ([5], [2, 3, 3], [1, 4, 4, 3]):
+            values = INT_CASES[dtype](rng, int(np.prod(shape)))
+            body = json.dumps({"instances": nested(values, shape)}, separators=(",", ":"))
+            assert_same(body.encode(), dtype, must_be_fast=True)
