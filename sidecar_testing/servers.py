@@ -131,6 +131,27 @@ class LocalServer:
         fd = self._stderr.fileno()
         return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
+    def _status_mb(self, field: str) -> float:
+        """A memory figure of the server process from /proc (Linux), in MB."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field} in /proc/{self.process.pid}/status")
+
+    def rss_mb(self) -> float:
+        """The server's resident memory now."""
+        return self._status_mb("VmRSS")
+
+    def peak_rss_mb(self) -> float:
+        """The server's highest resident memory since it started or `reset_peak_rss()`."""
+        return self._status_mb("VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        """Start peak_rss_mb() afresh from the current RSS (Linux's clear_refs)."""
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal the process and wait for it; kill it if it doesn't exit. Returns its exit code."""
         if self.process is None or self.process.poll() is not None:

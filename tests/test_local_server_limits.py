@@ -54,13 +54,6 @@ def exchange(port: int, data: bytes, half_close: bool = False, timeout: float = 
     return b"".join(chunks)
 
 
-def rss_mb(server: LocalServer) -> float:
-    for line in open(f"/proc/{server.process.pid}/status"):  # noqa: SIM115 (tiny, closed by gc)
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_the_defaults_admit_a_12mp_photo_and_stay_under_kubernetes_grace() -> None:
     defaults = Limits()
     assert defaults.max_body_bytes >= 512 << 20
@@ -107,7 +100,7 @@ def test_1000_idle_and_slowloris_connections_neither_block_a_predict_nor_stay(se
 
 
 def test_a_body_over_the_limit_is_413_before_it_is_read(server) -> None:
-    before = rss_mb(server)
+    before = server.rss_mb()
     with socket.create_connection((HOST, server.port), timeout=10) as conn:
         conn.sendall(
             b"POST /v1/models/limits:predict HTTP/1.1\r\nHost: x\r\n"
@@ -127,7 +120,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(server) -> None:
         + frame,
     )
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert rss_mb(server) - before < 50
+    assert server.rss_mb() - before < 50
 
 
 SMUGGLED = b"GET /v1/models/limits/versions/777001 HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -256,12 +249,12 @@ def test_idle_rss_returns_near_its_post_load_level_after_pixel_requests() -> Non
     with LocalServer(PIXEL_MODEL, model_name="pixels") as server, requests.Session() as session:
         session.post(server.predict_url, data=b'{"instances": [[[[1, 2, 3]]]]}')
         time.sleep(1.5)
-        post_load, idle = rss_mb(server), []
+        post_load, idle = server.rss_mb(), []
         for _ in range(2):  # two "benches"
             for _ in range(6):
                 assert session.post(server.predict_url, data=body).status_code == 200
             time.sleep(2.5)  # idle: the freed request buffers go back to the kernel
-            idle.append(rss_mb(server))
+            idle.append(server.rss_mb())
     # The old server: 0.98 GB after load, then 1.68, 2.11, 2.35 GB after each bench, kept.
     # Here about +100-150 MB (TensorFlow's own caches, ~+80 MB, included), and no growth.
     assert max(idle) - post_load < 250, (post_load, idle)
