@@ -109,13 +109,15 @@ ParsedRequest = tuple[str, RequestFormat, dict[str, np.ndarray]]
 
 
 def parse_predict_request(
-    body: bytes, lookup_inputs: Callable[[str], Mapping[str, str]]
+    body: bytes | bytearray, lookup_inputs: Callable[[str], Mapping[str, str]]
 ) -> ParsedRequest | None:
     """(signature name, format, {input: tensor}) for a body this module handles, else None."""
     start, end = body.find(b"["), body.rfind(b"]") + 1
     if start < 0 or end <= start or body.find(b'"', start, end) >= 0:
         return None  # no array, or one with strings ({"b64": ...}): not a numeric array
-    head, array, tail = body[:start], body[start:end], body[end:]
+    # bytes whatever the body is (the HTTP layer hands over its read buffer, a bytearray):
+    # numpy.fromstring takes only bytes.
+    head, array, tail = body[:start], bytes(memoryview(body)[start:end]), body[end:]
     envelope = _envelope(head, tail)
     if envelope is None:
         return None

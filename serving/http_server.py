@@ -331,12 +331,16 @@ class RestServer:
         finally:
             self.in_flight -= 1
 
-    async def _read_body(self, request: web.BaseRequest, length: int | None) -> bytes:
-        """The whole body, or _Reject: over the limit, incomplete, badly framed."""
+    async def _read_body(self, request: web.BaseRequest, length: int | None) -> bytearray:
+        """The whole body, or _Reject: over the limit, incomplete, badly framed.
+
+        Handed over as the buffer it was read into: a copy to bytes would be the body's size
+        again, in the event loop thread's malloc arena, where the parse can't reuse it.
+        """
         limit = self.limits.max_body_bytes
         if length == 0:
-            return b""
-        # A known length is read into one buffer: the body's size once, plus one copy at the end.
+            return bytearray()
+        # A known length is read into one buffer of that size.
         buffer = bytearray(length) if length is not None else bytearray()
         view = memoryview(buffer) if length is not None else None
         received = 0
@@ -359,7 +363,7 @@ class RestServer:
             raise _Reject(400, "Malformed request body: incomplete")
         if view is not None:
             view.release()
-        return bytes(buffer)
+        return buffer
 
     def _trim(self) -> None:
         self._trim_handle = None

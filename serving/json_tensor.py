@@ -126,7 +126,7 @@ _PARSE_ERRORS = {
 }
 
 
-def parse_json_document(body: bytes) -> dict:
+def parse_json_document(body: bytes | bytearray) -> dict:
     """ParseJson: the request body must be a JSON object (UTF-8, as rapidjson reads it).
 
     Linear in the body whatever it holds: json.loads stops at ~1000 levels of nesting, and such

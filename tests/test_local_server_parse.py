@@ -312,3 +312,27 @@ def test_integers_read_in_small_steps_are_the_same(monkeypatch, step: int) -> No
             values = INT_CASES[dtype](rng, int(np.prod(shape)))
             body = json.dumps({"instances": nested(values, shape)}, separators=(",", ":"))
             assert_same(body.encode(), dtype, must_be_fast=True)
+
+
+def test_a_bytearray_body_parses_like_bytes() -> None:
+    """The HTTP layer hands over the buffer it read the body into (a bytearray)."""
+    bodies = [
+        b'{"instances": [[1, 2], [3, 4]]}',
+        b'{"instances": [[1,2],[3,4]]}',
+        b'{"inputs": [1.5, -2e3]}',
+        b'{"instances": [[1,22222222222,3]]}',
+        b'{"instances": [1 2]}',
+        b'{"instances": [{"b64": "AAAA"}]}',
+    ]
+    for dtype in ("DT_UINT8", "DT_FLOAT", "DT_INT64"):
+        for body in bodies:
+            inputs = {"x": dtype}
+            expected, got = fast(body, inputs), fast(bytearray(body), inputs)
+            assert (expected is None) == (got is None)
+            if expected is not None:
+                np.testing.assert_array_equal(got[1]["x"], expected[1]["x"])
+            expected, got = general(body, inputs), general(bytearray(body), inputs)
+            if isinstance(expected, StatusError):
+                assert got.message == expected.message
+            else:
+                np.testing.assert_array_equal(got[1]["x"], expected[1]["x"])
