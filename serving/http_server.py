@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MIB = 1 << 20
 # Idle this long after the last request, the heap's free pages go back to the kernel.
-_TRIM_AFTER_IDLE_S = 1.0
+_TRIM_AFTER_IDLE_S = 2.0
 _SWEEP_INTERVAL_S = 0.5
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_LOGGED = 300  # characters of a path or an error message in the log

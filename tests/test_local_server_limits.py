@@ -73,8 +73,9 @@ def test_64_simultaneous_new_connections_are_all_answered_promptly(server) -> No
     with ThreadPoolExecutor(64) as pool:
         results = list(pool.map(status, range(64)))
     assert [code for code, _ in results] == [200] * 64
-    # The old server's backlog of 5 made some wait 1-8 s (SYN retries) or fail.
-    assert max(seconds for _, seconds in results) < 0.9, sorted(s for _, s in results)
+    # The old server's backlog of 5 made some wait 1-8 s (SYN retries) or fail after 10 s;
+    # here each is a few ms of work, so even a loaded machine stays far below that.
+    assert max(seconds for _, seconds in results) < 2.5, sorted(s for _, s in results)
 
 
 def test_1000_idle_and_slowloris_connections_neither_block_a_predict_nor_stay(server) -> None:
@@ -253,7 +254,7 @@ def test_idle_rss_returns_near_its_post_load_level_after_pixel_requests() -> Non
         for _ in range(2):  # two "benches"
             for _ in range(6):
                 assert session.post(server.predict_url, data=body).status_code == 200
-            time.sleep(2.5)  # idle: the freed request buffers go back to the kernel
+            time.sleep(3.5)  # idle (2 s): the freed request buffers go back to the kernel
             idle.append(server.rss_mb())
     # The old server: 0.98 GB after load, then 1.68, 2.11, 2.35 GB after each bench, kept.
     # Here about +100-150 MB (TensorFlow's own caches, ~+80 MB, included), and no growth.
