@@ -175,8 +175,16 @@ class LocalServer:
 
 
 def predict_requests(server: LocalServer) -> int:
-    """How many predict requests the server has logged so far (its log: one line per request)."""
-    return server.stderr().count(f"POST /v1/models/{server.model_name}:predict ")
+    """How many predict requests the server has answered so far (its log: one line per request).
+
+    A request whose client went away before the answer (a killed client's last ones) is logged
+    too, with that said: it isn't counted, since nobody received its answer.
+    """
+    request = f"POST /v1/models/{server.model_name}:predict "
+    return sum(
+        request in line and "the client went away" not in line
+        for line in server.stderr().splitlines()
+    )
 
 
 def wait_for_requests(server: LocalServer, expected: int, timeout: float = 10.0) -> int:
