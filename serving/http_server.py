@@ -170,6 +170,10 @@ class RestServer:
             keepalive_timeout=self.limits.idle_timeout_s,
             max_line_size=8190,
             max_field_size=8190,
+            # Bodies arrive in steps of this much (aiohttp's default is 64 KB): a 17 MB pixel
+            # body took ~90 ms longer than on the old http.server in 64 KB steps, the same in
+            # 1 MB ones (side by side, medians of 24).
+            read_bufsize=1 << 20,
         )
         sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         try:
