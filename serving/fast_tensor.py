@@ -297,11 +297,17 @@ def _leading_zero(flags: bytearray, negatives: bool) -> bool:
     """Does a number start with "0" or "-0" followed by a digit ("01", "-007")? JSON forbids it.
 
     Pairs overlap (pair i is characters i and i+1), so "[01" is the flags (separator, "0"),
-    (digit, digit) in a row: a byte search, with no temporaries. (After an exponent mark,
-    "1e-05", it is fine: that "-" follows "e", not a separator.)
+    (digit, digit) in a row; looked for in steps, so the temporaries stay small. (After an
+    exponent mark, "1e-05", it is fine: that "-" follows "e", not a separator.)
     """
-    if bytes([_SEP_ZERO, _DIGIT_PAIR]) in flags:
-        return True
+    codes = np.frombuffer(flags, dtype=np.uint8)
+    for low in range(0, codes.size, _STEP):
+        # A pair (separator, "0") is never last (the array ends with "]"), so the pair after
+        # each is inside `step`, which reaches one pair past the step.
+        step = codes[low : low + _STEP + 1]
+        zeros = np.flatnonzero(step[:_STEP] == _SEP_ZERO)
+        if (step[zeros + 1] == _DIGIT_PAIR).any():
+            return True
     return negatives and bytes([_SEP_MINUS, _MINUS_ZERO, _DIGIT_PAIR]) in flags
 
 

@@ -312,6 +312,9 @@ def test_integers_read_in_small_steps_are_the_same(monkeypatch, step: int) -> No
             values = INT_CASES[dtype](rng, int(np.prod(shape)))
             body = json.dumps({"instances": nested(values, shape)}, separators=(",", ":"))
             assert_same(body.encode(), dtype, must_be_fast=True)
+    for array in ("[[1,2],[3,04]]", "[[0,2],[-0,-01]]", "[10,20,300,0,01]"):  # leading zeros
+        for body in envelopes(array):
+            assert_same(body.encode(), "DT_INT32", must_be_fast=False)
 
 
 def test_a_bytearray_body_parses_like_bytes() -> None:
