@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from serving.errors import StatusError
-from serving.json_tensor import NUMPY_DTYPES, RequestFormat
+from serving.json_tensor import MAX_TENSOR_RANK, NUMPY_DTYPES, RequestFormat
 
 _WHITESPACE = b" \t\n\r"
 
@@ -86,10 +86,10 @@ _PAIR_FLAGS = bytes(_PAIR_FLAGS)
 _TEN_DIGITS = bytes([_DIGIT_PAIR] * 9)
 
 _BLANK_BRACKETS = bytes.maketrans(b"[]", b"  ")
-# Longest number _read_integers reads (int32 holds every 9-digit number), and the smallest span
-# of characters worth a thread of its own.
+# Longest number _read_integers reads (int32 holds every 9-digit number), and the characters
+# it reads in one step (its temporaries are ~6x that, per core).
 _MAX_DIGITS = 9
-_MIN_SPAN = 1 << 20
+_STEP = 1 << 18
 _READERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="read-numbers")
 _HEAD = re.compile(rb'"(instances|inputs)"\s*:\s*\Z')
 _KNOWN_KEYS = {"signature_name", "instances", "inputs"}
@@ -109,13 +109,15 @@ ParsedRequest = tuple[str, RequestFormat, dict[str, np.ndarray]]
 
 
 def parse_predict_request(
-    body: bytes, lookup_inputs: Callable[[str], Mapping[str, str]]
+    body: bytes | bytearray, lookup_inputs: Callable[[str], Mapping[str, str]]
 ) -> ParsedRequest | None:
     """(signature name, format, {input: tensor}) for a body this module handles, else None."""
     start, end = body.find(b"["), body.rfind(b"]") + 1
     if start < 0 or end <= start or body.find(b'"', start, end) >= 0:
         return None  # no array, or one with strings ({"b64": ...}): not a numeric array
-    head, array, tail = body[:start], body[start:end], body[end:]
+    # bytes whatever the body is (the HTTP layer hands over its read buffer, a bytearray):
+    # numpy.fromstring takes only bytes.
+    head, array, tail = body[:start], bytes(memoryview(body)[start:end]), body[end:]
     envelope = _envelope(head, tail)
     if envelope is None:
         return None
@@ -209,40 +211,42 @@ def _read_integers(classes: bytes, flags: bytearray, negatives: bool) -> np.ndar
     while the characters are digits. Faster than numpy.fromstring, but only without whitespace:
     "[1 2]" would read as 12. None for a number of 10 digits or more.
 
-    Numbers are independent of each other, so the buffer is cut into one span per core and the
-    numbers ending in each span are read in a thread of their own (numpy releases the GIL).
+    Numbers are independent of each other, so the buffer is read in steps of _STEP characters,
+    spread over the cores (numpy releases the GIL), each writing its numbers into the result:
+    the temporaries of a step (indices, partial sums) stay a few MB whatever the body's size.
     """
     digits = np.frombuffer(classes, dtype=np.uint8)
-    # _MAX_DIGITS non-digits in front: reading `place` characters left of any end stays inside.
-    padded = np.empty(_MAX_DIGITS + digits.size, dtype=np.uint8)
-    padded[:_MAX_DIGITS] = _OTHER
-    padded[_MAX_DIGITS:] = digits
     pairs = np.frombuffer(flags, dtype=np.uint8)
-    spans = max(1, min(_READERS._max_workers, pairs.size // _MIN_SPAN))
-    bounds = [pairs.size * i // spans for i in range(spans + 1)]
-    parts = list(
-        _READERS.map(
-            lambda low, high: _read_span(padded, pairs, low, high, negatives),
-            bounds[:-1],
-            bounds[1:],
-        )
+    steps = [(low, min(low + _STEP, pairs.size)) for low in range(0, pairs.size, _STEP)]
+    counts = [int(np.count_nonzero(pairs[low:high] == _END)) for low, high in steps]
+    offsets = np.cumsum([0, *counts]).tolist()
+    values = np.empty(offsets[-1], dtype=np.int32)
+    read = _READERS.map(
+        lambda step, offset: _read_step(digits, pairs, *step, values[offset:], negatives),
+        steps,
+        offsets[:-1],
     )
-    if any(part is None for part in parts):
-        return None
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return values if all(list(read)) else None
 
 
-def _read_span(
-    padded: np.ndarray, pairs: np.ndarray, low: int, high: int, negatives: bool
-) -> np.ndarray | None:
-    """The numbers whose last digit lies in pairs[low:high] (see _read_integers)."""
-    ends = np.flatnonzero(pairs[low:high] == _END) + low  # indices into the unpadded classes
-    values = padded[_MAX_DIGITS:][ends].astype(np.int32)
+def _read_step(
+    digits: np.ndarray, pairs: np.ndarray, low: int, high: int, out: np.ndarray, negatives: bool
+) -> bool:
+    """Write the numbers whose last digit lies in pairs[low:high] to the start of `out` (see
+    _read_integers); False for a number of 10 digits or more."""
+    # The characters of the step with _MAX_DIGITS in front (non-digits before the buffer), so
+    # that reading `place` characters left of any end stays inside.
+    window = np.full(_MAX_DIGITS + high - low, _OTHER, dtype=np.uint8)
+    start = max(0, low - _MAX_DIGITS)
+    window[start - low + _MAX_DIGITS :] = digits[start:high]
+    ends = np.flatnonzero(pairs[low:high] == _END)  # last digits, from low
+    values = out[: ends.size]
+    values[:] = window[_MAX_DIGITS:][ends]
     lengths = np.ones(ends.size, dtype=np.int32)
     more = np.ones(ends.size, dtype=bool)
     for place in range(1, _MAX_DIGITS + 1):
         # The view shifted by `place` puts the digit `place` left of each end at the end's index.
-        digit = padded[_MAX_DIGITS - place :][ends]
+        digit = window[_MAX_DIGITS - place :][ends]
         more &= digit < 10  # the character right of it is a digit while `more` holds
         if not more.any():
             break
@@ -250,11 +254,11 @@ def _read_span(
         values += digit * np.int32(10**place)
         lengths += more
     else:
-        return None
+        return False
     if negatives:
-        signs = padded[_MAX_DIGITS:][ends - lengths] == _MINUS
+        signs = window[ends + _MAX_DIGITS - lengths] == _MINUS
         np.negative(values, out=values, where=signs)
-    return values
+    return True
 
 
 def _parse_dtype(dtype: str, floats: bool, long_numbers: bool) -> type:
@@ -274,37 +278,44 @@ def _parse_dtype(dtype: str, floats: bool, long_numbers: bool) -> type:
 
 
 def _pair_flags(classes: bytes) -> bytearray:
-    """The flag of every pair of adjacent classes (see _PAIR_FLAGS)."""
+    """The flag of every pair of adjacent classes (see _PAIR_FLAGS), computed in steps so that
+    only the flags take the body's size."""
     codes = np.frombuffer(classes, dtype=np.uint8)
-    pairs = bytearray(len(codes) - 1)  # numpy writes into it, bytes.translate reads it: no copy
-    pair_codes = np.frombuffer(pairs, dtype=np.uint8)
-    np.left_shift(codes[:-1], 4, out=pair_codes)
-    np.bitwise_or(pair_codes, codes[1:], out=pair_codes)
-    return pairs.translate(_PAIR_FLAGS)
+    size = len(codes) - 1
+    flags = bytearray(size)
+    pair_codes = np.empty(min(size, _STEP), dtype=np.uint8)
+    for low in range(0, size, _STEP):
+        high = min(size, low + _STEP)
+        step = pair_codes[: high - low]
+        np.left_shift(codes[low:high], 4, out=step)
+        np.bitwise_or(step, codes[low + 1 : high + 1], out=step)
+        flags[low:high] = step.tobytes().translate(_PAIR_FLAGS)
+    return flags
 
 
 def _leading_zero(flags: bytearray, negatives: bool) -> bool:
     """Does a number start with "0" or "-0" followed by a digit ("01", "-007")? JSON forbids it.
 
-    (After an exponent mark, "1e-05", it is fine: that "-" follows "e", not a separator.)
+    Pairs overlap (pair i is characters i and i+1), so "[01" is the flags (separator, "0"),
+    (digit, digit) in a row; looked for in steps, so the temporaries stay small. (After an
+    exponent mark, "1e-05", it is fine: that "-" follows "e", not a separator.)
     """
     codes = np.frombuffer(flags, dtype=np.uint8)
-    # A pair (separator, "0") is never last: the array ends with "]".
-    zeros = np.flatnonzero(codes == _SEP_ZERO)
-    if (codes[zeros + 1] == _DIGIT_PAIR).any():
-        return True
-    if negatives:
-        zeros = np.flatnonzero(codes == _MINUS_ZERO)
-        after_sign = codes[np.maximum(zeros - 1, 0)] == _SEP_MINUS
-        return bool((after_sign & (codes[zeros + 1] == _DIGIT_PAIR)).any())
-    return False
+    for low in range(0, codes.size, _STEP):
+        # A pair (separator, "0") is never last (the array ends with "]"), so the pair after
+        # each is inside `step`, which reaches one pair past the step.
+        step = codes[low : low + _STEP + 1]
+        zeros = np.flatnonzero(step[:_STEP] == _SEP_ZERO)
+        if (step[zeros + 1] == _DIGIT_PAIR).any():
+            return True
+    return negatives and bytes([_SEP_MINUS, _MINUS_ZERO, _DIGIT_PAIR]) in flags
 
 
 def _dense_shape(skeleton: bytes) -> list[int] | None:
     """The shape whose dense-array skeleton ("[[,],[,]]" in class bytes) this is, or None."""
     rank = len(skeleton) - len(skeleton.lstrip(bytes([_OPEN])))
-    if rank == 0:
-        return None
+    if rank == 0 or rank > MAX_TENSOR_RANK:
+        return None  # deeper than a tensor (the general path says so); checking it is quadratic
     close = skeleton.find(bytes([_CLOSE]), rank)
     if close < 0:
         return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -363,13 +364,14 @@ class GrpcServer:
         log.info("Running gRPC ModelServer at %s ...", self.address)
         return self
 
-    def stop(self, grace_s: float | None = None) -> None:
+    def stop(self, grace_s: float | None = None) -> threading.Event:
         """Stop taking calls and send GOAWAY; calls in flight get `grace_s` seconds to finish
-        (None: as long as they take), then are cancelled. Returns once all have ended."""
-        self._server.stop(grace_s).wait()
+        (None: as long as they take), then are cancelled. Returns at once (a signal handler
+        may call it) with an event set once all calls have ended."""
+        return self._server.stop(grace_s)
 
     def __enter__(self) -> GrpcServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop(grace_s=0)
+        self.stop(grace_s=0).wait()

@@ -15,6 +15,7 @@ import binascii
 import enum
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +60,16 @@ _FLOAT_LIMITS = {
 # megabyte-long error. We cut it here (TF Serving has a TODO to do the same).
 _MAX_QUOTED_JSON = 1000
 
+# TensorFlow's TensorShape::MaxDimensions(): a tensor value nested deeper is a client mistake.
+MAX_TENSOR_RANK = 64
+_TOO_DEEP = (
+    f"JSON Value nested deeper than {MAX_TENSOR_RANK} levels: a tensor has at most "
+    f"{MAX_TENSOR_RANK} dimensions"
+)
+# The keys of a request body that are read; the values of any others are checked as JSON and
+# skipped, however deep they nest (TF Serving ignores them too).
+_REQUEST_KEYS = frozenset({"signature_name", "instances", "inputs"})
+
 
 class RequestFormat(enum.Enum):
     ROW = "instances"  # answered with "predictions"
@@ -71,9 +82,21 @@ def dtype_string(dtype: str) -> str:
 
 
 def json_value_to_string(value: Any) -> str:
-    """Quote a JSON value in an error message, pretty-printed like rapidjson's PrettyWriter."""
-    text = json.dumps(value, indent=4, ensure_ascii=False)
-    if len(text) > _MAX_QUOTED_JSON:
+    """Quote a JSON value in an error message, pretty-printed like rapidjson's PrettyWriter.
+
+    Only the quoted start is written: a 17 MB body costs no more to quote than a small one.
+    """
+    pieces, size = [], 0
+    try:
+        for piece in json.JSONEncoder(indent=4, ensure_ascii=False).iterencode(value):
+            pieces.append(piece)
+            size += len(piece)
+            if size > _MAX_QUOTED_JSON:
+                break
+    except RecursionError:  # nested deeper than the encoder goes: quote what it wrote
+        size = _MAX_QUOTED_JSON + 1
+    text = "".join(pieces)
+    if size > _MAX_QUOTED_JSON:
         return text[:_MAX_QUOTED_JSON] + "...(truncated)"
     return text
 
@@ -103,20 +126,134 @@ _PARSE_ERRORS = {
 }
 
 
-def parse_json_document(body: bytes) -> dict:
-    """ParseJson: the request body must be a JSON object."""
+def parse_json_document(body: bytes | bytearray) -> dict:
+    """ParseJson: the request body must be a JSON object (UTF-8, as rapidjson reads it).
+
+    Linear in the body whatever it holds: json.loads stops at ~1000 levels of nesting, and such
+    a body is read again key by key, skipping the values of keys a request doesn't use.
+    """
     if not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
     try:
-        doc = json.loads(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise invalid_argument(
+            f"JSON Parse error: Invalid encoding in string. at offset: {e.start}"
+        ) from None
+    try:
+        try:
+            doc = json.loads(text)
+        except RecursionError:
+            doc = _parse_skipping_unused(text)
     except json.JSONDecodeError as e:
         message = _PARSE_ERRORS.get(e.msg, e.msg + ".")
         raise invalid_argument(f"JSON Parse error: {message} at offset: {e.pos}") from None
-    except (UnicodeDecodeError, RecursionError) as e:
-        raise invalid_argument(f"JSON Parse error: {e}") from None
+    except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from None
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} Is not object")
     return doc
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+# One JSON token after optional whitespace: open, close, comma, colon, string start, scalar.
+_TOKEN = re.compile(
+    r'[ \t\n\r]*(?:([\[{])|([\]}])|(,)|(:)|(")|'
+    r"(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|true|false|null))"
+)
+_OPEN, _CLOSE, _COMMA, _COLON, _STRING, _SCALAR = range(1, 7)
+
+
+def _syntax_error(message: str, pos: int) -> json.JSONDecodeError:
+    return json.JSONDecodeError(message, "", pos)
+
+
+def _parse_skipping_unused(text: str) -> dict:
+    """A body nested too deep for json.loads: its top-level object, with the values of the
+    request's keys decoded (a RecursionError there is a tensor nested too deep) and the other
+    values checked and skipped."""
+    decoder = json.JSONDecoder()
+    pos = _SPACE.match(text).end()
+    if not text.startswith("{", pos):
+        raise invalid_argument(_TOO_DEEP)  # a top-level array or value nested this deep
+    doc: dict = {}
+    pos = _SPACE.match(text, pos + 1).end()
+    if text.startswith("}", pos):
+        pos += 1
+    else:
+        while True:
+            if not text.startswith('"', pos):
+                raise _syntax_error("Expecting property name enclosed in double quotes", pos)
+            key, pos = json.decoder.scanstring(text, pos + 1)
+            pos = _SPACE.match(text, pos).end()
+            if not text.startswith(":", pos):
+                raise _syntax_error("Expecting ':' delimiter", pos)
+            pos = _SPACE.match(text, pos + 1).end()
+            if key in _REQUEST_KEYS:
+                try:
+                    doc[key], pos = decoder.raw_decode(text, pos)
+                except RecursionError:
+                    raise invalid_argument(_TOO_DEEP) from None
+            else:
+                pos = _skip_value(text, pos)
+            pos = _SPACE.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = _SPACE.match(text, pos + 1).end()
+            elif text.startswith("}", pos):
+                pos += 1
+                break
+            else:
+                raise _syntax_error("Expecting ',' delimiter", pos)
+    if _SPACE.match(text, pos).end() != len(text):
+        raise _syntax_error("Extra data", pos)
+    return doc
+
+
+def _skip_value(text: str, pos: int) -> int:
+    """The end of the JSON value at `pos`, checked as JSON, without recursion or building it."""
+    closers = []  # the closing bracket of every open container
+    expect_value, expect_key, after_value = 0, 1, 2
+    state = expect_value
+    first_in_container = False
+    while True:
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise _syntax_error("Expecting value", pos)
+        kind, pos = match.lastindex, match.end()
+        if kind == _STRING:
+            _, pos = json.decoder.scanstring(text, pos)
+        if state == expect_key:
+            if kind == _STRING:
+                colon = _TOKEN.match(text, pos)
+                if colon is None or colon.lastindex != _COLON:
+                    raise _syntax_error("Expecting ':' delimiter", pos)
+                pos, state, first_in_container = colon.end(), expect_value, False
+                continue
+            if not (first_in_container and kind == _CLOSE and match.group(2) == closers[-1]):
+                raise _syntax_error("Expecting property name enclosed in double quotes", pos)
+            closers.pop()
+        elif state == expect_value:
+            if kind == _OPEN:
+                closers.append("]" if match.group(1) == "[" else "}")
+                state = expect_key if match.group(1) == "{" else expect_value
+                first_in_container = True
+                continue
+            if kind == _CLOSE and first_in_container and match.group(2) == closers[-1] == "]":
+                closers.pop()
+            elif kind not in (_STRING, _SCALAR):
+                raise _syntax_error("Expecting value", pos)
+        elif kind == _COMMA and closers:  # after a value
+            state = expect_key if closers[-1] == "}" else expect_value
+            first_in_container = False
+            continue
+        elif kind == _CLOSE and closers and match.group(2) == closers[-1]:
+            closers.pop()
+        else:
+            raise _syntax_error("Expecting ',' delimiter", pos)
+        # A value is complete.
+        if not closers:
+            return pos
+        state, first_in_container = after_value, False
 
 
 def signature_name_of(doc: dict) -> str:
@@ -203,10 +340,12 @@ def _scalar(value: Any, dtype: str) -> Any:
     )
 
 
-def dense_shape(value: Any) -> list[int]:
+def dense_shape(value: Any, max_rank: int = MAX_TENSOR_RANK) -> list[int]:
     """GetDenseTensorShape: the shape read off the first element at every level."""
     shape = []
     while isinstance(value, list):
+        if len(shape) == max_rank:
+            raise invalid_argument(_TOO_DEEP)
         shape.append(len(value))
         if not value:
             break
@@ -269,7 +408,7 @@ class _Batch:
         self.size = 0
 
     def add(self, value: Any, dtype: str) -> None:
-        shape = dense_shape(value)
+        shape = dense_shape(value, MAX_TENSOR_RANK - 1)  # the batch is the first dimension
         leaves: list = []
         _fill(value, 0, shape, dtype, leaves)
         if self.shape is None:

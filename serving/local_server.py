@@ -10,32 +10,29 @@ It loads the highest numeric version under the base path, opens the port only on
 loaded (as TF Serving does), serves requests concurrently and stops cleanly on SIGINT/SIGTERM,
 finishing the requests in flight. The gRPC API (PredictionService, ModelService) is served on
 --port (8500, as tensorflow_model_server; 0 turns it off) over the same loaded model.
+The HTTP layer, with its limits (the --rest_api_max_* and *_timeout_s flags, not
+tensorflow_model_server's), is serving/http_server.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from serving.errors import ServingError
+from serving.http_server import Limits, RestServer
+from serving.memory import reuse_freed_memory
 from tfserving.conventions import GRPC_PORT
 
 log = logging.getLogger("serving.local_server")
 
-# How long gRPC calls in flight get to finish after SIGTERM (Kubernetes' grace period is 30 s).
-STOP_GRACE_S = 25.0
 DEFAULT_GRPC_THREADS = 16
 
 EPILOG = """examples:
@@ -48,108 +45,6 @@ EPILOG = """examples:
   python -m serving.local_server --model_name=m --model_base_path=data/m \\
       --grpc_channel_arguments=grpc.max_connection_age_ms=300000
 """
-
-
-class RestServer(ThreadingHTTPServer):
-    """HTTP/1.1 keep-alive server, a thread per connection, that can stop without losing requests.
-
-    Stopping closes idle keep-alive connections at once; connections in the middle of a request
-    answer it (with "Connection: close") before their threads are joined.
-    """
-
-    daemon_threads = False  # server_close() joins handler threads: in-flight requests finish
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], api) -> None:
-        self.api = api
-        self.stopping = False
-        self._lock = threading.Lock()
-        self._idle: dict[socket.socket, bool] = {}  # open connections -> waiting for a request?
-        super().__init__(address, _Handler)
-
-    def set_idle(self, connection: socket.socket, idle: bool | None) -> bool:
-        """Record a connection's state (None: closed); False when the server is stopping."""
-        with self._lock:
-            if idle is None:
-                self._idle.pop(connection, None)
-            else:
-                self._idle[connection] = idle
-            return not self.stopping
-
-    def stop(self) -> None:
-        """Stop accepting, then wake idle keep-alive connections so their threads end."""
-        self.shutdown()
-        with self._lock:
-            self.stopping = True
-            idle = [conn for conn, is_idle in self._idle.items() if is_idle]
-        for conn in idle:
-            with contextlib.suppress(OSError):  # already closed by the client
-                conn.shutdown(socket.SHUT_RD)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out as two writes; with Nagle's algorithm the body can wait ~40 ms for
-    # the client's delayed ACK.
-    disable_nagle_algorithm = True
-    server: RestServer
-
-    def finish(self) -> None:
-        self.server.set_idle(self.connection, None)
-        super().finish()
-
-    def handle_one_request(self) -> None:
-        if not self.server.set_idle(self.connection, True):
-            self.close_connection = True
-            return
-        super().handle_one_request()
-
-    def parse_request(self) -> bool:
-        # A request line has arrived: from here on this connection is busy.
-        if not self.server.set_idle(self.connection, False):
-            self.close_connection = True
-        return super().parse_request()
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0], 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-    def _serve(self) -> None:
-        start = time.perf_counter()
-        try:
-            body = self._read_body()
-        except ValueError:  # a Content-Length or chunk size that is not a number
-            status, payload = 400, b'{"error": "Malformed request: bad body length"}'
-            self.close_connection = True  # where the next request starts is unknown
-        else:
-            status, payload = self.server.api.handle(self.command, self.path, body)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        if self.server.stopping:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":  # a HEAD answer has the headers of the body, not the body
-            self.wfile.write(payload)
-        log.info(
-            "%s %s %d %.1f ms", self.command, self.path, status, (time.perf_counter() - start) * 1e3
-        )
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _serve
-
-    def log_request(self, code="-", size="-") -> None:
-        pass  # _serve logs one line per request, with its duration
-
-    def log_message(self, template: str, *args) -> None:
-        log.warning("%s: %s", self.address_string(), template % args)  # e.g. a garbled request
 
 
 class VersionWatcher(threading.Thread):
@@ -196,22 +91,6 @@ class VersionWatcher(threading.Thread):
             model.version,
             current.version,
         )
-
-
-def reuse_freed_memory() -> None:
-    """Let big request buffers reuse freed memory instead of fresh pages from the kernel.
-
-    A 20 MB pixel body goes through ~100 MB of short-lived buffers. glibc gives each from its own
-    mmap and returns it on free, so every request page-faults through all of it again (~50 ms,
-    a third of the parse). Raising the mmap and trim thresholds keeps them in the reused heap.
-    No-op where malloc isn't glibc's.
-    """
-    libc_path = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc_path), "mallopt", None) if libc_path else None
-    if mallopt is not None:
-        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h> constants
-        mallopt(m_mmap_threshold, 1 << 30)
-        mallopt(m_trim_threshold, 1 << 30)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,7 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=max(4, 2 * (os.cpu_count() or 1)),
         help="model calls run at the same time",
     )
+    add_limit_flags(parser)
     return parser
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """The HTTP layer's limits (serving/http_server.py). tensorflow_model_server has none of
+    these flags: the serving image and the Kubernetes manifest must not pass them."""
+    defaults = Limits()
+    group = parser.add_argument_group("limits (this stand-in only, not tensorflow_model_server)")
+    flags = [
+        ("max_body_bytes", int, "a larger request body gets 413, before it is read"),
+        ("max_in_flight", int, "requests past their headers at once; more get 503 (retry)"),
+        ("max_connections", int, "open connections; more are closed at once"),
+        ("backlog", int, "listen backlog: connections waiting to be accepted"),
+        ("header_timeout_s", float, "from a request's first byte to its complete headers"),
+        ("body_timeout_s", float, "to receive a whole request body (else 408)"),
+        ("idle_timeout_s", float, "a keep-alive connection with no request is closed"),
+        ("shutdown_deadline_s", float, "on SIGTERM: the longest wait for requests in flight"),
+    ]
+    for name, kind, meaning in flags:
+        group.add_argument(
+            f"--rest_api_{name}",
+            dest=name,
+            type=kind,
+            default=getattr(defaults, name),
+            help=f"{meaning} (default: %(default)s)",
+        )
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    return Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,21 +233,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"local_server: error: {e}", file=sys.stderr)
             return 1
     try:
-        server = RestServer((args.rest_api_host, args.rest_api_port), api)
+        server = RestServer((args.rest_api_host, args.rest_api_port), api, limits_from(args))
     except OSError as e:
         if grpc_server is not None:
             grpc_server.stop(grace_s=0)
         print(f"local_server: error: cannot listen on {args.rest_api_port}: {e}", file=sys.stderr)
         return 1
 
+    grpc_stopped: list[threading.Event] = []
+
     def on_signal(signum: int, _frame) -> None:
         log.info("%s: finishing the requests in flight, then exiting", signal.Signals(signum).name)
-        # shutdown() waits for serve_forever() to return, so it can't run in this (main) thread.
-        threading.Thread(target=server.stop, name="stop").start()
+        server.stop()  # serve_forever() returns once they are answered, or at the deadline
         if grpc_server is not None:  # GOAWAY now; the calls in flight finish meanwhile
-            threading.Thread(
-                target=grpc_server.stop, args=(STOP_GRACE_S,), name="stop-grpc"
-            ).start()
+            grpc_stopped.append(grpc_server.stop(args.shutdown_deadline_s))
 
     watcher = None
     if args.file_system_poll_wait_seconds > 0:
@@ -350,9 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     server.serve_forever()
     if watcher is not None:
         watcher.stopped.set()
-    server.server_close()  # joins the connection threads
-    if grpc_server is not None:
-        grpc_server.stop(STOP_GRACE_S)  # returns once its calls in flight have ended
+    for stopped in grpc_stopped:
+        stopped.wait()  # its calls in flight have ended, or the deadline cancelled them
+    if server.unfinished:
+        # Model calls past the deadline can't be cancelled: exit without waiting for them.
+        log.warning("stopped with %d requests unfinished", server.unfinished)
+        logging.shutdown()
+        os._exit(0)
     executor.shutdown(wait=True)
     log.info("stopped")
     return 0

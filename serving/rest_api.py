@@ -45,7 +45,7 @@ class RestApi:
         self.executor = executor
         self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, bytes]:
         try:
             return 200, self._dispatch(method, path.split("?", 1)[0], body)
         except StatusError as e:
@@ -54,7 +54,7 @@ class RestApi:
             log.exception("internal error on %s %s", method, path)
             return 500, json_tensor.error_json(f"Internal error: {type(e).__name__}: {e}")
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+    def _dispatch(self, method: str, path: str, body: bytes | bytearray) -> bytes:
         if not API_PATH.fullmatch(path):
             # TF Serving has no handler there: a bare 404 (we still answer in its JSON form).
             raise not_found(f"Not found: {path}; the REST API is under /v1/models/")
@@ -88,7 +88,12 @@ class RestApi:
         raise malformed
 
     def _predict(
-        self, model: ServedModel, name: str, version: int | None, label: str | None, body: bytes
+        self,
+        model: ServedModel,
+        name: str,
+        version: int | None,
+        label: str | None,
+        body: bytes | bytearray,
     ) -> bytes:
         def lookup_inputs(signature_name: str) -> dict[str, str]:
             return find_servable(model, name, version, label).input_dtypes(signature_name)

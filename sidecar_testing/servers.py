@@ -149,6 +149,27 @@ class LocalServer:
         fd = self._stderr.fileno()
         return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
+    def _status_mb(self, field: str) -> float:
+        """A memory figure of the server process from /proc (Linux), in MB."""
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field} in /proc/{self.process.pid}/status")
+
+    def rss_mb(self) -> float:
+        """The server's resident memory now."""
+        return self._status_mb("VmRSS")
+
+    def peak_rss_mb(self) -> float:
+        """The server's highest resident memory since it started or `reset_peak_rss()`."""
+        return self._status_mb("VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        """Start peak_rss_mb() afresh from the current RSS (Linux's clear_refs)."""
+        with open(f"/proc/{self.process.pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
         """Signal the process and wait for it; kill it if it doesn't exit. Returns its exit code."""
         if self.process is None or self.process.poll() is not None:
@@ -172,8 +193,16 @@ class LocalServer:
 
 
 def predict_requests(server: LocalServer) -> int:
-    """How many predict requests the server has logged so far (its log: one line per request)."""
-    return server.stderr().count(f"POST /v1/models/{server.model_name}:predict ")
+    """How many predict requests the server has answered so far (its log: one line per request).
+
+    A request whose client went away before the answer (a killed client's last ones) is logged
+    too, with that said: it isn't counted, since nobody received its answer.
+    """
+    request = f"POST /v1/models/{server.model_name}:predict "
+    return sum(
+        request in line and "the client went away" not in line
+        for line in server.stderr().splitlines()
+    )
 
 
 def wait_for_requests(server: LocalServer, expected: int, timeout: float = 10.0) -> int:

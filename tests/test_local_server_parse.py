@@ -240,3 +240,102 @@ def test_b64_decoding_accepts_and_refuses_what_binascii_strict_mode_does() -> No
             ]
     for text in samples:
         assert served(text) == reference(text), repr(text[:40])
+
+
+# ---- nesting, huge numbers, linear time --------------------------------------------------------
+
+
+def test_nesting_deeper_than_a_tensor_is_invalid_argument_on_both_paths() -> None:
+    for depth in (65, 500, 990, 5000, 200_000):
+        body = b'{"instances": ' + b"[" * depth + b"1" + b"]" * depth + b"}"
+        assert fast(body, {"x": "DT_UINT8"}) is None
+        error = general(body, {"x": "DT_UINT8"})
+        assert isinstance(error, StatusError), depth
+        assert "nested deeper than 64 levels" in error.message
+    sixty_four = b'{"inputs": ' + b"[" * 64 + b"1" + b"]" * 64 + b"}"
+    assert general(sixty_four, {"x": "DT_UINT8"})[1]["x"].ndim == 64
+
+
+def test_deep_nesting_under_an_unused_key_is_skipped_however_deep() -> None:
+    deep = b"[" * 50_000 + b'{"a": [1, "]", {}]}' + b"]" * 50_000
+    body = b'{"signature_name": "", "other": ' + deep + b', "instances": [[1, 2]]}'
+    _, tensors = general(body, {"x": "DT_UINT8"})
+    assert tensors["x"].tolist() == [[1, 2]]
+    broken = body.replace(b'"a": [1', b'"a": [1,,')
+    assert "JSON Parse error" in general(broken, {"x": "DT_UINT8"}).message
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        *["1", "-0.5e3", '"s\\"]"', "[]", "{}", '[1, {"a": [true, null]}]', '{"a": {"b": []}}'],
+        *["01", "[1,]", "[,1]", '{"a" 1}', '{"a": 1,}', "[1 2]", "{1: 2}", "[}", "tru", '"\\x"'],
+    ],
+)
+def test_skipping_a_value_accepts_exactly_what_json_does(value: str) -> None:
+    text = '{"other": ' + value + ' , "instances": [1]}'
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            json_tensor._parse_skipping_unused(text)
+    else:
+        del expected["other"]
+        assert json_tensor._parse_skipping_unused(text) == expected
+
+
+def test_a_5000_digit_integer_is_invalid_argument() -> None:
+    body = b'{"instances": [' + b"7" * 5000 + b"]}"
+    error = general(body, {"x": "DT_FLOAT"})
+    assert error.message == "JSON Parse error: Number too big to be stored in double."
+
+
+def test_utf16_bodies_are_refused() -> None:
+    body = '{"instances": [1]}'.encode("utf-16")
+    assert "Invalid encoding" in general(body, {"x": "DT_UINT8"}).message
+
+
+def test_quoting_a_big_body_in_an_error_stops_at_the_cut() -> None:
+    doc = {"instances": [[1, 2, 3]] * 1_000_000, "inputs": 1}
+    quoted = json_tensor.json_value_to_string(doc)
+    assert quoted.endswith("...(truncated)")
+    assert len(quoted) == 1000 + len("...(truncated)")
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 64])
+def test_integers_read_in_small_steps_are_the_same(monkeypatch, step: int) -> None:
+    """The integer reader cuts the buffer into steps: numbers across a cut read the same."""
+    monkeypatch.setattr(fast_tensor, "_STEP", step)
+    rng = random.Random(step)
+    for dtype in ("DT_UINT8", "DT_INT32", "DT_FLOAT"):
+        for shape in ([5], [2, 3, 3], [1, 4, 4, 3]):
+            values = INT_CASES[dtype](rng, int(np.prod(shape)))
+            body = json.dumps({"instances": nested(values, shape)}, separators=(",", ":"))
+            assert_same(body.encode(), dtype, must_be_fast=True)
+    for array in ("[[1,2],[3,04]]", "[[0,2],[-0,-01]]", "[10,20,300,0,01]"):  # leading zeros
+        for body in envelopes(array):
+            assert_same(body.encode(), "DT_INT32", must_be_fast=False)
+
+
+def test_a_bytearray_body_parses_like_bytes() -> None:
+    """The HTTP layer hands over the buffer it read the body into (a bytearray)."""
+    bodies = [
+        b'{"instances": [[1, 2], [3, 4]]}',
+        b'{"instances": [[1,2],[3,4]]}',
+        b'{"inputs": [1.5, -2e3]}',
+        b'{"instances": [[1,22222222222,3]]}',
+        b'{"instances": [1 2]}',
+        b'{"instances": [{"b64": "AAAA"}]}',
+    ]
+    for dtype in ("DT_UINT8", "DT_FLOAT", "DT_INT64"):
+        for body in bodies:
+            inputs = {"x": dtype}
+            expected, got = fast(body, inputs), fast(bytearray(body), inputs)
+            assert (expected is None) == (got is None)
+            if expected is not None:
+                np.testing.assert_array_equal(got[1]["x"], expected[1]["x"])
+            expected, got = general(body, inputs), general(bytearray(body), inputs)
+            if isinstance(expected, StatusError):
+                assert got.message == expected.message
+            else:
+                np.testing.assert_array_equal(got[1]["x"], expected[1]["x"])
