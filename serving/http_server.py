@@ -291,21 +291,23 @@ class RestServer:
             response = _json_response(status, payload)
             if close or self.stopping:
                 response.force_close()
+            transport = request.transport
+            if status != 499 and (transport is None or transport.is_closing()):
+                error = f"{error or 'answered'}; the client went away before the answer"
+            # Logged before the answer goes out: a client that reads the log once answered
+            # finds its line there.
+            self.log_request(
+                request.method, request.raw_path, status, (time.perf_counter() - start) * 1e3, error
+            )
             # Written here, not by aiohttp after return: the connection is busy until it's out.
-            try:
+            with contextlib.suppress(ConnectionError):  # gone since: nobody to tell
                 await response.prepare(request)
                 await response.write_eof()
-            except ConnectionError:
-                if status != 499:
-                    error = f"{error or 'answered'}; the client went away before the answer"
         finally:
             connection.busy = False
             connection.idle_since = time.monotonic()
             if self.in_flight == 0:
                 self._trim_handle = self._loop.call_later(_TRIM_AFTER_IDLE_S, self._trim)
-        self.log_request(
-            request.method, request.raw_path, status, (time.perf_counter() - start) * 1e3, error
-        )
         return response
 
     async def _answer(self, request: web.BaseRequest) -> tuple[int, bytes]:

@@ -210,13 +210,15 @@ def test_errors_are_json_logged_on_one_escaped_line_without_banner_or_traceback(
     with socket.create_connection((HOST, server.port)) as conn:
         conn.sendall(PREDICT + b"Content-Length: 1000\r\n\r\n{")
         time.sleep(0.3)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while "the client went away" not in server.stderr() and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = server.stderr()
     assert "\x1b" not in log
     assert "\\x1b[31mred" in log
     assert "the client went away" in log
     assert "Traceback" not in log
-    assert "500" not in log
+    assert " 500 " not in log  # aiohttp's "Internal error" for what was the client's doing
 
 
 def test_a_stalled_client_does_not_hold_up_sigterm_past_the_deadline() -> None:
