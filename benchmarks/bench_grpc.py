@@ -22,6 +22,8 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -32,6 +34,7 @@ from sidecar_testing.data import ENCODED_MODEL, IMAGE2, PIXEL_MODEL, ROOT
 from sidecar_testing.servers import LocalServer
 from tfserving.client import TFServingClient
 from tfserving.grpc_client import GrpcClient
+from tfserving.model_client import ModelClient
 
 TARGETS = {"gRPC pixels": 1.3, "gRPC b64": 1.15}
 MEMORY_TARGET = 3.0
@@ -45,6 +48,7 @@ import sys, threading
 import numpy as np
 from PIL import Image
 from tfserving.grpc_client import GrpcClient
+from tfserving.model_client import ModelClient
 
 def vm(field):
     for line in open("/proc/self/status"):
@@ -74,15 +78,22 @@ def side_by_side(label: str, model: ServedModel, tensor, request, repeats: int) 
     return {"label": label, "model_ms": model_ms, "request_ms": request_ms}
 
 
-def predict_rows(server: LocalServer, model: ServedModel, repeats: int, pixels_by_name) -> list:
-    """gRPC and REST rows for the pixel model, for each picture."""
-    rows = []
+@contextmanager
+def both_protocols(server: LocalServer) -> Iterator[list[tuple[str, ModelClient]]]:
+    """A gRPC and a REST client of the server's model, as (protocol, client) pairs."""
     with (
         GrpcClient(server.grpc_target, server.model_name, timeout=300) as over_grpc,
         TFServingClient(server.spec, timeout=300) as over_rest,
     ):
+        yield [("gRPC", over_grpc), ("REST", over_rest)]
+
+
+def predict_rows(server: LocalServer, model: ServedModel, repeats: int, pixels_by_name) -> list:
+    """gRPC and REST rows for the pixel model, for each picture."""
+    rows = []
+    with both_protocols(server) as clients:
         for name, pixels in pixels_by_name.items():
-            for protocol, client in (("gRPC", over_grpc), ("REST", over_rest)):
+            for protocol, client in clients:
 
                 def request(client=client, pixels=pixels) -> None:
                     client.predict(client.image_request(pixels, "inputs", "serving_default"))
@@ -95,11 +106,8 @@ def predict_rows(server: LocalServer, model: ServedModel, repeats: int, pixels_b
 def b64_rows(server: LocalServer, model: ServedModel, repeats: int) -> list:
     jpeg = IMAGE2.read_bytes()
     rows = []
-    with (
-        GrpcClient(server.grpc_target, server.model_name, timeout=300) as over_grpc,
-        TFServingClient(server.spec, timeout=300) as over_rest,
-    ):
-        for protocol, client in (("gRPC", over_grpc), ("REST", over_rest)):
+    with both_protocols(server) as clients:
+        for protocol, client in clients:
 
             def request(client=client) -> None:
                 client.predict(client.image_request(jpeg, "inputs", "serving_default"))

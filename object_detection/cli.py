@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import gc
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from tfserving.errors import (
     SignatureNotFound,
     TFServingError,
     UnfeedableInput,
+    escape_controls,
 )
 from tfserving.spec import ServerSpec, ServerSpecError, grpc_address
 
@@ -60,8 +60,6 @@ HINTS = {
 # read from here or from --authorization_file, never from the command line (process lists).
 AUTHORIZATION_ENV = "TFS_AUTHORIZATION"
 LISTED_DETECTIONS = 20  # the human summary's list; the JSON has every detection
-# Control characters (C0, DEL, C1): ESC starts the sequences that move the cursor or recolor.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 EXAMPLES = """\b
 Examples:
@@ -88,7 +86,7 @@ def printable(text: str) -> str:
     """`text` on one line, control characters written as escapes (ESC as \\x1b, a newline as
     \\x0a): error texts, model and tensor names, labels and file names come from servers and
     files, and nothing the client prints may move the terminal's cursor or fake a line."""
-    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    return escape_controls(text)
 
 
 def user_message(exc: Exception) -> str:

@@ -162,9 +162,8 @@ class ModelService:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         name, version, _ = model_spec(request.model_spec)  # labels are ignored, as over REST
-        answer = model_status(
-            self.api.model, name, version
-        )  # the REST answer: same checks, same text
+        # The REST answer: the same checks, the same text.
+        answer = model_status(self.api.model, name, version)
         return json_format.Parse(answer, get_model_status_pb2.GetModelStatusResponse())
 
 

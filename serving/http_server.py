@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import resource
 import socket
 import time
@@ -41,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from serving.json_tensor import error_json
 from serving.memory import release_freed_memory
+from tfserving.errors import escape_controls
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ MIB = 1 << 20
 # Idle this long after the last request, the heap's free pages go back to the kernel.
 _TRIM_AFTER_IDLE_S = 2.0
 _SWEEP_INTERVAL_S = 0.5
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MAX_LOGGED = 300  # characters of a path or an error message in the log
 
 # aiohttp answers a request it could not parse as if it were HTTP/1.0; TF Serving (and the
@@ -76,7 +75,7 @@ def printable(text: str) -> str:
     """`text` for a log line: control characters (ANSI escapes, newlines) as \\x.., cut short."""
     if len(text) > _MAX_LOGGED:
         text = text[:_MAX_LOGGED] + "...(truncated)"
-    return _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return escape_controls(text)
 
 
 class _Reject(Exception):

@@ -7,6 +7,8 @@ or SidecarError for anything the project raises.
 
 from __future__ import annotations
 
+import re
+
 
 class SidecarError(Exception):
     """The root of every error this project raises: catch it to catch them all.
@@ -119,3 +121,14 @@ class UnfeedableInput(UnsupportedSignature):
 def one_line(message: str) -> str:
     """A server's message as one line: gRPC's and TensorFlow's run to several."""
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+# Control characters (C0, DEL, C1): ESC starts the sequences that move the cursor or recolor.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with its control characters written as escapes (ESC as \\x1b, a newline as \\x0a):
+    what servers, clients and files send is printed and logged this way, so that none of it
+    can move a terminal's cursor or fake a line."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
