@@ -42,6 +42,7 @@ class Detection:
     score: float
     box: tuple[float, float, float, float]  # normalized [ymin, xmin, ymax, xmax], within 0..1
     box_pixels: tuple[int, int, int, int]  # [ymin, xmin, ymax, xmax] in the image's pixels
+    index: int = 0  # the detection's row in the model's outputs (its mask, its keypoints)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,13 +116,16 @@ def parse_detections(
 
     order = np.argsort(-scores[:count], kind="stable")
     order = order[scores[order] >= min_score][:max_boxes]
-    return _detections(boxes[order], scores[order], class_ids[order], width, height, label_map)
+    return _detections(
+        boxes[order], scores[order], class_ids[order], order, width, height, label_map
+    )
 
 
 def _detections(
     boxes: np.ndarray,
     scores: np.ndarray,
     class_ids: np.ndarray,
+    rows: np.ndarray,
     width: int,
     height: int,
     label_map: LabelMap,
@@ -139,6 +143,7 @@ def _detections(
             scores.tolist(),
             map(tuple, boxes.tolist()),
             map(tuple, pixels.astype(np.int64).tolist()),
+            rows.tolist(),
         )
     )
 
