@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from object_detection.options import DEFAULT_MAX_BOXES, ENCODINGS, DetectOptions
+from object_detection.options import DEFAULT_MAX_BOXES, ENCODINGS, INPUT_RANGES, DetectOptions
 from tfserving.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_RETRIES,
@@ -41,6 +41,7 @@ from tfserving.spec import ServerSpec, ServerSpecError, grpc_address
 
 if TYPE_CHECKING:
     from object_detection.label_map import LabelMap
+    from object_detection.plan import Plan
     from tfserving.model_client import ModelClient
 
 # The pipeline (numpy, Pillow, label maps), the batch and bench code and tqdm are imported in
@@ -272,9 +273,20 @@ encoding_option = click.option(
     default="auto",
     show_default=True,
     help="How to send the image: auto follows the model's input dtype (DT_STRING: b64 of the "
-    "file, DT_UINT8: pixel array).",
+    "file, DT_UINT8/DT_FLOAT/DT_HALF: pixel array).",
 )
-signature_option = click.option("--signature_name", default=DEFAULT_SIGNATURE, show_default=True)
+signature_option = click.option(
+    "--signature_name",
+    help=f"The signature to call  [default: {DEFAULT_SIGNATURE}, or the model's only one]",
+)
+input_range_option = click.option(
+    "--input_range",
+    type=click.Choice(INPUT_RANGES),
+    default=INPUT_RANGES[0],
+    show_default=True,
+    help="Pixel values for a DT_FLOAT/DT_HALF input: 0-255 (TF Object Detection API exports) "
+    "or 0-1 (TF Hub detectors).",
+)
 max_side_option = click.option(
     "--max_side",
     type=click.IntRange(min=1),
@@ -336,6 +348,7 @@ def cli() -> None:
     help="Keep at most this many, best first.",
 )
 @encoding_option
+@input_range_option
 @signature_option
 @click.option(
     "--raw/--no-raw",
@@ -373,7 +386,8 @@ def predict(
     min_score: float,
     max_boxes: int | None,
     encoding: str,
-    signature_name: str,
+    input_range: str,
+    signature_name: str | None,
     raw: bool,
     max_side: int | None,
     output_dir: Path | None,
@@ -390,7 +404,13 @@ def predict(
         raise click.UsageError("name the image: --image_path PHOTO (or photos, dirs, globs)")
     labels = load_label_map(label_map) if label_map else coco_label_map()
     options = DetectOptions(
-        min_score, max_boxes, encoding, signature_name, keep_raw=raw, max_side=max_side
+        min_score,
+        max_boxes,
+        encoding,
+        signature_name,
+        input_range,
+        keep_raw=raw,
+        max_side=max_side,
     )
     if output_dir is None and names_one_file(inputs):
         if resume:
@@ -432,7 +452,7 @@ def predict_one(
 
     with server.client() as client:
         result = detect(client, image_path, labels, options)
-    warn_if_max_side_unused(options, result.encoding)
+    warn_if_unused(options.max_side, options.input_range, result.plan)
 
     # Without --output_json, stdout carries the JSON and the human summary goes to stderr.
     to_stderr = output_json is None
@@ -484,14 +504,15 @@ def predict_many(
 
     from object_detection.batch import SUMMARY_NAME, BatchOptions, BatchTally, run_batch
     from object_detection.inputs import iter_inputs
-    from object_detection.pipeline import choose_encoding
+    from object_detection.plan import plan_for
 
     batch = BatchOptions(output_dir, workers, save_image, resume)
     total = sum(1 for _ in iter_inputs(inputs, exclude=output_dir))  # a walk, no image read
     with server.client(pool_size=workers) as client:
         # A server or model this client cannot use stops the run before the first image.
         signature = client.metadata().signature(options.signature_name)
-        warn_if_max_side_unused(options, choose_encoding(signature.image_input, options.encoding))
+        plan = plan_for(signature, options.encoding, options.input_range)
+        warn_if_unused(options.max_side, options.input_range, plan)
         progress = tqdm(total=total, unit="img", desc="predict", file=sys.stderr)
 
         def show(record: dict[str, Any], tally: BatchTally) -> None:
@@ -522,9 +543,19 @@ def predict_many(
         raise click.ClickException(f"{tally.error} of {total} images failed (see the summary)")
 
 
-def warn_if_max_side_unused(options: DetectOptions, encoding: str) -> None:
-    if options.max_side and encoding == "b64":
+def warn_if_unused(max_side: int | None, input_range: str, plan: Plan) -> None:
+    """A note on stderr for options the model's input makes moot (the run goes on)."""
+    if max_side and plan.encoding == "b64":
         click.echo("note: --max_side applies to pixels; b64 sends the file as it is", err=True)
+    elif max_side and plan.fixed_size:
+        size = "{}x{}".format(*plan.fixed_size)
+        click.echo(f"note: --max_side unused: the model takes {size} images", err=True)
+    if input_range != INPUT_RANGES[0] and not plan.float_input:
+        click.echo(
+            f"note: --input_range applies to float inputs; {plan.input.name!r} is "
+            f"{plan.input.dtype}",
+            err=True,
+        )
 
 
 BENCH_EXAMPLES = """\b
@@ -565,6 +596,7 @@ Examples:
     help="Requests sent first and not counted  [default: one per concurrent connection]",
 )
 @encoding_option
+@input_range_option
 @signature_option
 @max_side_option
 @click.option("--plot", type=FILE, help="Write a PNG: latency histogram and latency over time.")
@@ -577,7 +609,8 @@ def bench(
     concurrency: int,
     warmup: int | None,
     encoding: str,
-    signature_name: str,
+    input_range: str,
+    signature_name: str | None,
     max_side: int | None,
     plot: Path | None,
     as_json: bool,
@@ -588,7 +621,8 @@ def bench(
     Exit code 1 when any measured request failed.
     """
     from object_detection.images import load_image
-    from object_detection.pipeline import choose_encoding, request_body
+    from object_detection.pipeline import request_body
+    from object_detection.plan import plan_for
     from object_detection.strict_json import dumps_json
     from tfserving.loadtest import format_report, run_bench
     from tfserving.loadtest import plot as draw_bench_plot
@@ -598,14 +632,13 @@ def bench(
     if duration is None and request_count is None:
         request_count = 100
     with server.client(retries=0, pool_size=concurrency) as client:
-        signature = client.metadata().signature(signature_name)
-        chosen = choose_encoding(signature.image_input, encoding)
-        bodies = [
-            request_body(client, load_image(image), chosen, signature, max_side)[0]
-            for image in images
-        ]
+        plan = plan_for(client.metadata().signature(signature_name), encoding, input_range)
+        warn_if_unused(max_side, input_range, plan)
+        bodies = [request_body(client, load_image(image), plan, max_side)[0] for image in images]
         what = f"{request_count} requests" if duration is None else f"{duration:g} s"
-        click.echo(f"bench: {what} at concurrency {concurrency}, {chosen} encoding", err=True)
+        click.echo(
+            f"bench: {what} at concurrency {concurrency}, {plan.encoding} encoding", err=True
+        )
         result = run_bench(
             client,
             bodies,
@@ -666,7 +699,7 @@ def status(server: ServerSettings, wait: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print TF Serving's answer as it is.")
 def metadata(server: ServerSettings, as_json: bool) -> None:
     """The model's signatures: inputs and outputs with dtypes and shapes."""
-    from object_detection.pipeline import choose_encoding
+    from object_detection.plan import plan_for
     from object_detection.strict_json import dumps_json
 
     with server.client() as client:
@@ -683,11 +716,18 @@ def metadata(server: ServerSettings, as_json: bool) -> None:
         say("  outputs:")
         for tensor in signature.outputs:
             say(f"    {tensor.describe()}")
-        if len(signature.inputs) == 1:
-            try:
-                say(f"  predict sends: {choose_encoding(signature.inputs[0])}")
-            except TFServingError as exc:
-                say(f"  predict cannot feed it: {exc}")
+        try:
+            for line in plan_for(signature).describe():
+                say(f"  {line}")
+        except TFServingError as exc:
+            say(f"  predict cannot use it: {exc}")
+    if model.signatures:
+        try:
+            chosen = model.signature().name
+        except TFServingError as exc:
+            say(f"predict without --signature_name: {exc}")
+        else:
+            say(f"predict without --signature_name calls {chosen!r}")
 
 
 def main() -> None:

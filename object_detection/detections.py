@@ -17,7 +17,7 @@ time; Python objects are made only for the detections kept.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,9 @@ BOXES, CLASSES, SCORES, COUNT = (
     "detection_scores",
     "num_detections",
 )
+# Where a detection's class comes from, first found first (see parse_detections).
+CLASS_ID_OUTPUTS = (CLASSES, "detection_class_labels")
+CLASS_NAME_OUTPUTS = ("detection_class_entities", "detection_class_names")
 _HINT = "is this a TF Object Detection API model?"
 
 
@@ -54,8 +57,9 @@ class Detection:
         }
 
 
-def first_instance(response: Mapping[str, Any]) -> dict[str, Any]:
-    """The named outputs for the first (only) image, from a row or a columnar answer."""
+def first_instance(response: Mapping[str, Any], unbatched: Collection[str] = ()) -> dict[str, Any]:
+    """The named outputs for the first (only) image, from a row or a columnar answer. The
+    outputs named in `unbatched` have no batch dimension: a columnar answer holds them whole."""
     if "predictions" in response:
         rows = response["predictions"]
         if not isinstance(rows, list) or not rows:
@@ -79,7 +83,7 @@ def first_instance(response: Mapping[str, Any]) -> dict[str, Any]:
         # A value without a batch dimension is passed on as it is: if it is one we read, the
         # checks below say what is wrong with it; if not, it does not matter.
         return {
-            name: batch[0] if isinstance(batch, list) and batch else batch
+            name: batch[0] if name not in unbatched and isinstance(batch, list) and batch else batch
             for name, batch in columns.items()
         }
     raise DetectionOutputError(
@@ -94,11 +98,21 @@ def parse_detections(
     label_map: LabelMap,
     min_score: float = 0.5,
     max_boxes: int | None = None,
+    unbatched: Collection[str] = (),
 ) -> list[Detection]:
     """Detections scoring at least min_score, best first, at most max_boxes of them.
-    Raises DetectionOutputError when the answer is not a detection model's."""
-    outputs = first_instance(response)
-    missing = [name for name in (BOXES, CLASSES, SCORES) if name not in outputs]
+    Raises DetectionOutputError when the answer is not a detection model's.
+
+    A class is an id (detection_classes, or TF Hub's detection_class_labels) named by the
+    label map, unless the model names its classes itself (detection_class_entities, then
+    detection_class_names): those names win. A model that gives names only gets the label
+    map's id for each name (0 for a name the map lacks)."""
+    outputs = first_instance(response, unbatched)
+    id_output = next((name for name in CLASS_ID_OUTPUTS if name in outputs), None)
+    name_output = next((name for name in CLASS_NAME_OUTPUTS if name in outputs), None)
+    missing = [name for name in (BOXES, SCORES) if name not in outputs]
+    if id_output is None and name_output is None:
+        missing.append(CLASSES)
     if missing:
         raise DetectionOutputError(
             f"the answer has no {', '.join(missing)} (outputs: {', '.join(sorted(outputs))}); "
@@ -106,18 +120,26 @@ def parse_detections(
         )
     boxes = _boxes(outputs[BOXES])
     scores = _column(SCORES, outputs[SCORES])
-    class_ids = _class_ids(outputs[CLASSES])
-    if not len(boxes) == len(scores) == len(class_ids):
+    names = _names(name_output, outputs[name_output]) if name_output else None
+    if id_output is not None:
+        class_ids = _class_ids(id_output, outputs[id_output])
+    else:
+        class_ids = np.array([label_map.id_of(name) for name in names], np.int64)
+    columns = {BOXES: len(boxes), SCORES: len(scores), id_output or name_output: len(class_ids)}
+    if names is not None:
+        columns[name_output] = len(names)
+    if len(set(columns.values())) != 1:
+        counts = " and ".join(f"{count} {name}" for name, count in columns.items())
         raise DetectionOutputError(
-            f"the answer has {len(boxes)} {BOXES}, {len(scores)} {SCORES} and "
-            f"{len(class_ids)} {CLASSES}: one of each per detection expected; {_HINT}"
+            f"the answer has {counts}: one of each per detection expected; {_HINT}"
         )
     count = _count(outputs[COUNT], len(scores)) if COUNT in outputs else len(scores)
 
     order = np.argsort(-scores[:count], kind="stable")
     order = order[scores[order] >= min_score][:max_boxes]
+    labels = None if names is None else [names[i] for i in order.tolist()]
     return _detections(
-        boxes[order], scores[order], class_ids[order], order, width, height, label_map
+        boxes[order], scores[order], class_ids[order], order, width, height, label_map, labels
     )
 
 
@@ -129,17 +151,21 @@ def _detections(
     width: int,
     height: int,
     label_map: LabelMap,
+    labels: list[str] | None = None,
 ) -> list[Detection]:
-    """Detection objects from the kept rows, every value computed on whole arrays first."""
+    """Detection objects from the kept rows, every value computed on whole arrays first; the
+    label map names them unless the model's own `labels` are given."""
     boxes = np.clip(boxes, 0.0, 1.0)
     pixels = np.rint(boxes * np.array([height, width, height, width], np.float64))
     ids = class_ids.tolist()
-    labels = {class_id: label_map.label(class_id) for class_id in set(ids)}
+    if labels is None:
+        named = {class_id: label_map.label(class_id) for class_id in set(ids)}
+        labels = [named[class_id] for class_id in ids]
     return list(
         map(
             Detection,
             ids,
-            [labels[class_id] for class_id in ids],
+            labels,
             scores.tolist(),
             map(tuple, boxes.tolist()),
             map(tuple, pixels.astype(np.int64).tolist()),
@@ -171,16 +197,25 @@ def _column(name: str, value: Any) -> np.ndarray:
     return column
 
 
-def _class_ids(value: Any) -> np.ndarray:
+def _class_ids(name: str, value: Any) -> np.ndarray:
     """Whole numbers 0..MAX_CLASS_ID as int64: 1e30 must not become -9223372036854775808."""
-    ids = _column(CLASSES, value)
+    ids = _column(name, value)
     bad = np.flatnonzero((ids != np.rint(ids)) | (ids < 0) | (ids > MAX_CLASS_ID))
     if bad.size:
         raise DetectionOutputError(
-            f"{CLASSES}[{bad[0]}] is {ids[bad[0]]:g}, not a class id (a whole number from 0 to "
+            f"{name}[{bad[0]}] is {ids[bad[0]]:g}, not a class id (a whole number from 0 to "
             f"{MAX_CLASS_ID}); {_HINT}"
         )
     return ids.astype(np.int64)
+
+
+def _names(name: str, value: Any) -> list[str]:
+    """A flat list of class names (strings: TF Serving writes a DT_STRING output as text)."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise DetectionOutputError(
+            f"{name} is {reprlib.repr(value)}, not a flat list of class names; {_HINT}"
+        )
+    return value
 
 
 def _count(value: Any, available: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -47,6 +48,16 @@ class LabelMap(Mapping[int, str]):
 
     def label(self, class_id: int) -> str:
         return self.labels.get(class_id, f"id {class_id}")
+
+    def id_of(self, label: str) -> int:
+        """The id of a label (case-insensitive), 0 when the map has none: for models that name
+        their classes themselves, so that their detections still carry the map's ids."""
+        return self._ids.get(label.casefold(), 0)
+
+    @cached_property
+    def _ids(self) -> dict[str, int]:
+        """Label -> id; the first id wins when two share a label."""
+        return {text.casefold(): class_id for class_id, text in reversed(self.labels.items())}
 
 
 def load_label_map(path: str | Path) -> LabelMap:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tfserving.conventions import DEFAULT_SIGNATURE
-
 ENCODINGS = ("auto", "b64", "pixels")
+# Pixel values for a DT_FLOAT / DT_HALF input: 0-255 (TF Object Detection API exports) or 0-1
+# (TF Hub detectors).
+INPUT_RANGES = ("0-255", "0-1")
 # Detections kept per image unless asked otherwise: 10x what the zoo's SSD models return (100)
 # and 3x Faster R-CNN's (300), so a real model never reaches it, while an answer with a million
 # rows above the threshold costs its numpy checks, not a million Python objects and JSON lines.
@@ -19,6 +20,7 @@ class DetectOptions:
     min_score: float = 0.5
     max_boxes: int | None = DEFAULT_MAX_BOXES  # None: every detection above min_score
     encoding: str = "auto"  # auto: from the signature's input dtype
-    signature_name: str = DEFAULT_SIGNATURE
+    signature_name: str | None = None  # None: serving_default, else the model's only one
+    input_range: str = "0-255"  # pixel values for a float input: 0-255 or 0-1
     keep_raw: bool = True  # keep the server's full answer in the result
     max_side: int | None = None  # pixels: downscale so that neither side exceeds this

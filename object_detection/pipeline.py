@@ -25,14 +25,13 @@ from object_detection.errors import OutputError
 from object_detection.images import LoadedImage, load_image
 from object_detection.label_map import LabelMap
 from object_detection.options import DetectOptions
+from object_detection.plan import Plan, plan_for
 from object_detection.strict_json import dumps_json
-from tfserving.errors import UnfeedableInput
-from tfserving.metadata import Signature, TensorSpec
+from tfserving.model_client import RequestForm
 
 if TYPE_CHECKING:
     from tfserving.model_client import ModelClient
 
-_ENCODING_FOR_DTYPE = {"DT_STRING": "b64", "DT_UINT8": "pixels"}
 # The result document as written: its sections and the detections one a line, each output in
 # raw_response one a line, the numbers inside them on that line (see dumps_json).
 RESULT_LAYOUT = 2
@@ -45,12 +44,15 @@ class DetectionResult:
     detections: list[Detection]
     model_name: str
     model_version: str
-    signature_name: str
-    encoding: str
+    plan: Plan  # the signature called, what was sent, how the answer was read
     request_bytes: int
     sent_size: tuple[int, int]  # (width, height) the model saw: smaller with max_side
     timing_ms: dict[str, float] = field(default_factory=dict)
     raw_response: dict[str, Any] | None = None
+
+    @property
+    def encoding(self) -> str:
+        return self.plan.encoding
 
     def to_json(self) -> dict[str, Any]:
         result: dict[str, Any] = {
@@ -62,7 +64,7 @@ class DetectionResult:
             "model": {
                 "name": self.model_name,
                 "version": self.model_version,
-                "signature_name": self.signature_name,
+                "signature_name": self.plan.signature.name,
             },
             "request": {
                 "encoding": self.encoding,
@@ -78,19 +80,6 @@ class DetectionResult:
         return result
 
 
-def choose_encoding(image_input: TensorSpec, requested: str = "auto") -> str:
-    """b64 for a DT_STRING input, pixels for DT_UINT8; an explicit choice always wins."""
-    if requested != "auto":
-        return requested
-    try:
-        return _ENCODING_FOR_DTYPE[image_input.dtype]
-    except KeyError:
-        raise UnfeedableInput(
-            f"input {image_input.name!r} is {image_input.dtype}; this client sends images as "
-            "DT_UINT8 pixels or DT_STRING encoded bytes"
-        ) from None
-
-
 def detect(
     client: ModelClient,
     image_path: str | Path,
@@ -100,19 +89,26 @@ def detect(
     """Detect objects in one image file. Raises ImageError or TFServingError subclasses."""
     started = time.perf_counter()
     metadata = client.metadata()
-    signature = metadata.signature(options.signature_name)
-    encoding = choose_encoding(signature.image_input, options.encoding)
-    image = load_image(image_path, decode=encoding != "b64")  # b64: pixels only to draw
+    plan = plan_for(
+        metadata.signature(options.signature_name), options.encoding, options.input_range
+    )
+    image = load_image(image_path, decode=plan.encoding != "b64")  # b64: pixels only to draw
     loaded = time.perf_counter()
 
-    body, sent_size = request_body(client, image, encoding, signature, options.max_side)
+    body, sent_size = request_body(client, image, plan, options.max_side)
     encoded = time.perf_counter()
 
-    response = client.predict(body)
+    response = client.predict(body, plan.columnar)
     answered = time.perf_counter()
 
     detections = parse_detections(
-        response, image.width, image.height, label_map, options.min_score, options.max_boxes
+        response,
+        image.width,
+        image.height,
+        label_map,
+        options.min_score,
+        options.max_boxes,
+        plan.unbatched,
     )
     done = time.perf_counter()
     return DetectionResult(
@@ -120,8 +116,7 @@ def detect(
         detections=detections,
         model_name=metadata.model_name,
         model_version=metadata.version,
-        signature_name=signature.name,
-        encoding=encoding,
+        plan=plan,
         request_bytes=len(body),
         sent_size=sent_size,
         timing_ms={
@@ -136,26 +131,30 @@ def detect(
 
 
 def request_body(
-    client: ModelClient,
-    image: LoadedImage,
-    encoding: str,
-    signature: Signature,
-    max_side: int | None = None,
+    client: ModelClient, image: LoadedImage, plan: Plan, max_side: int | None = None
 ) -> tuple[bytes, tuple[int, int]]:
     """The predict request for one image in the client's protocol, and the (width, height) the
     model will see.
 
-    `max_side` shrinks what goes over the wire on the pixel path (a 12 MP photo is about 100 MB
-    of JSON; the SSD models look at 300x300 anyway). Boxes come back normalized, so they land
-    on the original picture all the same. b64 sends the file's bytes as they are.
+    A signature with a fixed height and width gets the picture stretched to it, as those
+    models (Keras, EfficientDet-Lite) were trained; `max_side` shrinks what goes over the wire
+    on the pixel path otherwise (a 12 MP photo is about 100 MB of JSON; the SSD models look at
+    300x300 anyway). Boxes come back normalized, so they land on the original picture all the
+    same. b64 sends the file's bytes as they are.
     """
-    input_name = signature.image_input.name
-    if encoding == "b64":
-        return client.image_request(image.encoded(), input_name, signature.name), image.size
+    input_name, signature_name = plan.input.name, plan.signature.name
+    form = RequestForm(plan.input.dtype, plan.unit_range, plan.columnar)
+    if plan.encoding == "b64":
+        return client.image_request(image.encoded(), input_name, signature_name, form), image.size
     picture = image.image
-    if max_side and max(picture.size) > max_side:
+    if plan.fixed_size:
+        if picture.size != plan.fixed_size:
+            picture = picture.resize(plan.fixed_size, Image.Resampling.BILINEAR)
+    elif max_side and max(picture.size) > max_side:
         picture = ImageOps.contain(picture, (max_side, max_side), Image.Resampling.BILINEAR)
-    return client.image_request(np.asarray(picture), input_name, signature.name), picture.size
+    return client.image_request(np.asarray(picture), input_name, signature_name, form), (
+        picture.size
+    )
 
 
 def annotated_image_path(output_json: Path) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from object_detection.images import LoadedImage
 from object_detection.pipeline import request_body
+from object_detection.plan import plan_for
 from sidecar_testing.data import ROOT
 from tfserving.client import TFServingClient
 from tfserving.conventions import DEFAULT_SIGNATURE
@@ -225,4 +226,4 @@ def rest_request_body(
         (),
     )
     with TFServingClient(ServerSpec.from_parts(HOST, 1, "model")) as client:
-        return request_body(client, image, encoding, signature, max_side)
+        return request_body(client, image, plan_for(signature), max_side)

@@ -203,7 +203,9 @@ def test_metadata(encoded_server):
     assert f"model {encoded_server.model_name} version 1" in result.output
     assert "inputs: DT_STRING (-1)" in result.output
     assert "detection_boxes: DT_FLOAT (-1, 100, 4)" in result.output
-    assert "predict sends: b64" in result.output
+    assert "predict sends: the image file's bytes as {\"b64\": ...} to 'inputs'" in result.output
+    assert "predict reads: detection_boxes and detection_scores with a batch" in result.output
+    assert "predict without --signature_name calls 'serving_default'" in result.output
 
     result = run("metadata", "--json", "--port", encoded_server.port, "--host", "127.0.0.1",
                  "--model_name", encoded_server.model_name)  # fmt: skip

@@ -125,8 +125,21 @@ def test_metadata_parsing_and_signature_checks():
     ]
     with pytest.raises(UnsupportedSignature, match="2 inputs"):
         _ = signature.image_input
+    # No name: serving_default, else the only signature (TF Hub's `default`)...
+    assert model.signature() is signature
+    # ...but a name asked for must be there.
     with pytest.raises(
         UnsupportedSignature, match=r"has no signature 'serving_default'.*two_inputs"
+    ):
+        model.signature("serving_default")
+
+
+def test_without_serving_default_several_signatures_are_listed():
+    signatures = METADATA["metadata"]["signature_def"]["signature_def"]
+    two = {"first": signatures["two_inputs"], "second": signatures["two_inputs"]}
+    model = parse_metadata({**METADATA, "metadata": {"signature_def": {"signature_def": two}}})
+    with pytest.raises(
+        UnsupportedSignature, match=r"no signature 'serving_default' and several.*first, second"
     ):
         model.signature()
 

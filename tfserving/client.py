@@ -53,6 +53,7 @@ from tfserving.errors import (
     ServerUnreachable,
 )
 from tfserving.metadata import ModelMetadata, field, parse_metadata
+from tfserving.model_client import DEFAULT_FORM, RequestForm
 from tfserving.spec import ServerSpec
 
 if TYPE_CHECKING:
@@ -130,19 +131,26 @@ class TFServingClient:
         return self.get_json(self.spec.metadata_url)
 
     def image_request(
-        self, image: bytes | np.ndarray, input_name: str, signature_name: str
+        self,
+        image: bytes | np.ndarray,
+        input_name: str,
+        signature_name: str,
+        form: RequestForm = DEFAULT_FORM,
     ) -> bytes:
         """The predict body for one image: an encoded file's bytes as `{"b64": ...}` for a
-        DT_STRING input, or an (H, W, C) uint8 array as pixels. The row format names no input:
-        a detection signature has one."""
+        DT_STRING input, or an (H, W, C) uint8 array as pixels (integers, which TF Serving
+        reads into any numeric input, or floats v / 255 with `form.unit_range`). The row
+        format names no input: a detection signature has one."""
         from tfserving.encoding import b64_request, pixels_request  # numpy: not for --help
 
+        name = input_name if form.columnar else None
         if isinstance(image, bytes):
-            return b64_request(image, signature_name)
-        return pixels_request(image, signature_name)
+            return b64_request(image, signature_name, name)
+        return pixels_request(image, signature_name, form.unit_range, name)
 
-    def predict(self, body: bytes) -> dict[str, Any]:
-        """POST an already-encoded JSON body to :predict and return the decoded answer."""
+    def predict(self, body: bytes, columnar: bool = False) -> dict[str, Any]:
+        """POST an already-encoded JSON body to :predict and return the decoded answer (its
+        form follows the body's: `columnar` is for the gRPC client's sake)."""
         return self._request("POST", self.spec.predict_url, body)
 
     def get_json(self, url: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from tfserving.errors import (
     one_line,
 )
 from tfserving.metadata import MalformedAnswer, ModelMetadata, parse_metadata
+from tfserving.model_client import DEFAULT_FORM, RequestForm
 from tfserving.spec import ServerSpec
 from tfserving.tensors import TensorError, decode_tensor, encode_tensor
 
@@ -56,6 +57,8 @@ GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
 # What metadata["signature_def"] holds: TF Serving's SignatureDefMap, named as TF Serving names it.
 SIGNATURE_DEF_MAP_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
+# Pixels for a float image input travel as these (tensor_content: 4 or 2 bytes a value).
+FLOAT_DTYPES = {"DT_FLOAT": np.float32, "DT_HALF": np.float16}
 
 # grpc's own wording when an answer passes the channel's receive limit.
 _TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
@@ -217,19 +220,30 @@ class GrpcClient:
         return request.SerializeToString()
 
     def image_request(
-        self, image: bytes | np.ndarray, input_name: str, signature_name: str
+        self,
+        image: bytes | np.ndarray,
+        input_name: str,
+        signature_name: str,
+        form: RequestForm = DEFAULT_FORM,
     ) -> bytes:
         """The request for one image, a batch of one: an encoded file's bytes for a DT_STRING
-        input, or an (H, W, C) uint8 array of pixels."""
-        batch = [image] if isinstance(image, bytes) else image[np.newaxis]
+        input, or an (H, W, C) uint8 array of pixels, converted to `form.dtype` (float32,
+        float16: 0-255, or 0-1 with `form.unit_range`)."""
+        if isinstance(image, bytes):
+            return self.request({input_name: [image]}, signature_name)
+        batch = image[np.newaxis]
+        if form.dtype in FLOAT_DTYPES:
+            batch = batch.astype(FLOAT_DTYPES[form.dtype])
+            if form.unit_range:
+                batch /= 255
         return self.request({input_name: batch}, signature_name)
 
-    def predict(self, body: bytes) -> dict[str, Any]:
+    def predict(self, body: bytes, columnar: bool = False) -> dict[str, Any]:
         """Send a request made by `request()` or `image_request()`; the answer in the form TF
         Serving's REST API gives it, so that one reader serves both protocols: rows
         (`{"predictions": [...]}`) when every output has the batch dimension, else columns
-        (`{"outputs": {...}}`)."""
-        return rest_answer(self._outputs(body))
+        (`{"outputs": {...}}`), and columns always with `columnar`, as REST answers `inputs`."""
+        return rest_answer(self._outputs(body), columnar)
 
     def predict_arrays(
         self,
@@ -307,13 +321,14 @@ def _proto_json(message: Any) -> dict:
     )
 
 
-def rest_answer(outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def rest_answer(outputs: Mapping[str, np.ndarray], columnar: bool = False) -> dict[str, Any]:
     """Predict outputs as TF Serving's REST API answers an `instances` request: a row per batch
-    item when every output has the same first dimension, else the columnar `outputs` form.
-    Strings are text, or `{"b64": ...}` for an output whose name ends in `_bytes`, as there."""
+    item when every output has the same first dimension, else (and with `columnar`, its answer
+    to `inputs`) the columnar `outputs` form. Strings are text, or `{"b64": ...}` for an output
+    whose name ends in `_bytes`, as there."""
     columns = {name: _json_values(name, array) for name, array in outputs.items()}
     batch_sizes = {array.shape[0] if array.ndim else None for array in outputs.values()}
-    if len(batch_sizes) != 1 or None in batch_sizes:
+    if columnar or len(batch_sizes) != 1 or None in batch_sizes:
         return {"outputs": columns}
     [size] = batch_sizes
     return {

@@ -73,9 +73,21 @@ class ModelMetadata:
     version: str
     signatures: dict[str, Signature]
 
-    def signature(self, name: str = DEFAULT_SIGNATURE) -> Signature:
+    def signature(self, name: str | None = None) -> Signature:
+        """The signature called `name`; without one, the one TF Serving calls when a request
+        names none (`serving_default`), else the model's only signature (TF Hub exports have
+        just `default`). SignatureNotFound lists the signatures when neither applies."""
+        known = ", ".join(sorted(self.signatures)) or "none"
+        if name is None:
+            if DEFAULT_SIGNATURE in self.signatures:
+                return self.signatures[DEFAULT_SIGNATURE]
+            if len(self.signatures) == 1:
+                return next(iter(self.signatures.values()))
+            raise SignatureNotFound(
+                f"model {self.model_name!r} has no signature {DEFAULT_SIGNATURE!r} and "
+                f"several others (it has: {known})"
+            )
         if name not in self.signatures:
-            known = ", ".join(sorted(self.signatures)) or "none"
             raise SignatureNotFound(
                 f"model {self.model_name!r} has no signature {name!r} (it has: {known})"
             )
