@@ -30,6 +30,7 @@ from tfserving.console import with_hint
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT, REST_PORT
 from tfserving.errors import (
     ResponseTooLarge,
+    RestUnfeedable,
     ServerTimeout,
     SidecarError,
     SignatureNotFound,
@@ -56,6 +57,7 @@ HINTS = {
     ResponseTooLarge: "; raise --max_response_mb to accept it",
     SignatureNotFound: "; pick one with --signature_name",
     UnfeedableInput: "; force an encoding with --encoding",
+    RestUnfeedable: "; send it over gRPC: --protocol grpc",
 }
 # An Authorization header value ("Bearer TOKEN") for servers behind an authenticating proxy:
 # read from here or from --authorization_file, never from the command line (process lists).

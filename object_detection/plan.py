@@ -77,12 +77,12 @@ class Plan:
         return bool(self.unbatched)
 
     @property
+    def float_input(self) -> bool:
+        return self.encoding == "pixels" and self.input.dtype in FLOAT_INPUTS
+
+    @property
     def unit_range(self) -> bool:
-        return (
-            self.encoding == "pixels"
-            and self.input.dtype in FLOAT_INPUTS
-            and (self.input_range == "0-1")
-        )
+        return self.float_input and self.input_range == "0-1"
 
     def outputs_named(self, candidates: tuple[str, ...]) -> str | None:
         names = {spec.name for spec in self.signature.outputs}
@@ -94,7 +94,11 @@ class Plan:
             sent = f'the image file\'s bytes as {{"b64": ...}} to {self.input.name!r}'
         else:
             values = "0-1" if self.unit_range else "0-255"
+            if self.float_input and not self.unit_range:
+                values += " (--input_range 0-1 for 0-1)"
             sent = f"RGB pixels as {self.input.dtype} {values} to {self.input.name!r}"
+            if self.input.dtype == "DT_HALF":
+                sent += " (gRPC only: TF Serving's REST API takes no DT_HALF)"
             if self.fixed_size:
                 sent += ", resized to {}x{}".format(*self.fixed_size)
         request = "columnar 'inputs'" if self.columnar else "row 'instances'"

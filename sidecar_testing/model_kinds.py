@@ -213,23 +213,32 @@ def _keypoint_outputs(out: dict, images: tf.Tensor) -> dict:
 
 
 def _tf1(dest: Path) -> Path:
-    """A TF1-format SavedModel (a graph and a signature, no object graph), as the TF1 zoo's
-    exports such as the seed's faster_rcnn_resnet101_coco_2018_01_28 are."""
-    version = dest / "1"
+    """A TF1-format SavedModel: a frozen graph (weights as constants, no variables, no object
+    graph) and a signature, as the TF1 zoo's exports such as the seed's
+    faster_rcnn_resnet101_coco_2018_01_28 are."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    _, signature = _ssd()
+    frozen = convert_variables_to_constants_v2(signature)
+    [image] = frozen.inputs
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
-        meta_graph = tf.compat.v1.saved_model.loader.load(
-            session, ["serve"], str(PIXEL_MODEL / "1")
+        tf.compat.v1.import_graph_def(frozen.graph.as_graph_def(), name="")
+        # The frozen function's outputs are the signature's, flattened: in sorted name order.
+        outputs = {
+            name: graph.get_tensor_by_name(tensor.name)
+            for name, tensor in zip(
+                sorted(signature.structured_outputs), frozen.outputs, strict=True
+            )
+        }
+        definition = tf.compat.v1.saved_model.signature_def_utils.predict_signature_def(
+            {"inputs": graph.get_tensor_by_name(image.name)}, outputs
         )
-        source = meta_graph.signature_def["serving_default"]
-        signature = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
-            inputs=dict(source.inputs),
-            outputs=dict(source.outputs),
-            method_name=tf.compat.v1.saved_model.signature_constants.PREDICT_METHOD_NAME,
-        )
-        builder = tf.compat.v1.saved_model.Builder(str(version))
+        builder = tf.compat.v1.saved_model.Builder(str(dest / "1"))
         builder.add_meta_graph_and_variables(
-            session, ["serve"], signature_def_map={"serving_default": signature}
+            session, ["serve"], signature_def_map={"serving_default": definition}
         )
         builder.save()
     return dest

@@ -106,7 +106,10 @@ def test_status_and_metadata_say_what_rest_says(encoded_server, command) -> None
     over_rest = run(command, "--server_url", encoded_server.predict_url)
     assert over_grpc.exit_code == over_rest.exit_code == 0, over_grpc.output
     assert over_grpc.stdout == over_rest.stdout
-    assert "predict sends: the image file's bytes" in over_grpc.stdout or "AVAILABLE" in over_grpc.stdout
+    assert (
+        "predict sends: the image file's bytes" in over_grpc.stdout
+        or "AVAILABLE" in over_grpc.stdout
+    )
 
 
 def test_metadata_json_is_rest_s_answer(pixel_server) -> None:

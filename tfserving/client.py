@@ -48,6 +48,7 @@ from tfserving.errors import (
     ConnectionDropped,
     NotTFServing,
     ResponseTooLarge,
+    RestUnfeedable,
     ServerError,
     ServerTimeout,
     ServerUnreachable,
@@ -63,6 +64,8 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20  # 10x a 100-detection answer with every raw output
 _CHUNK = 2**16
+# Input dtypes TF Serving's JSON reader can't fill (json_tensor.cc has no case for them).
+NO_JSON_FORM = ("DT_HALF",)
 _HEADERS = {"Accept-Encoding": "gzip, deflate", "User-Agent": "tensorflow-serving-sidecar"}
 
 
@@ -143,6 +146,11 @@ class TFServingClient:
         format names no input: a detection signature has one."""
         from tfserving.encoding import b64_request, pixels_request  # numpy: not for --help
 
+        if form.dtype in NO_JSON_FORM and not isinstance(image, bytes):
+            raise RestUnfeedable(
+                f"input {input_name!r} is {form.dtype}, which TF Serving's REST API cannot take "
+                "(its JSON reader converts no value to it)"
+            )
         name = input_name if form.columnar else None
         if isinstance(image, bytes):
             return b64_request(image, signature_name, name)

@@ -118,6 +118,10 @@ class UnfeedableInput(UnsupportedSignature):
     """The signature's image input has a dtype no image encoding fits."""
 
 
+class RestUnfeedable(UnsupportedSignature):
+    """The input's dtype has no JSON form in TF Serving's REST API (DT_HALF): gRPC carries it."""
+
+
 def one_line(message: str) -> str:
     """A server's message as one line: gRPC's and TensorFlow's run to several."""
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
