@@ -47,7 +47,9 @@ class RestApi:
 
     def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, bytes]:
         try:
-            return 200, self._dispatch(method, path.split("?", 1)[0], body)
+            # The query is part of the path, as in TF Serving (EvHTTPRequest::uri_path()): it
+            # has no query parameters, so "?x=1" ends up in a model name or breaks the route.
+            return 200, self._dispatch(method, path, body)
         except StatusError as e:
             return e.http_status, json_tensor.error_json(e.message)
         except Exception as e:  # a bug or a model failure: TF Serving answers INTERNAL too
@@ -156,11 +158,13 @@ def find_servable(
 
 
 def model_status(model: ServedModel, name: str, version: int | None) -> bytes:
-    """GetModelStatus: only the loaded version is known (others were never loaded)."""
+    """GetModelStatus: only the loaded version is known (others were never loaded). A request
+    for a version is looked up as (name, version), so an unknown model gets the version's
+    message too."""
+    if version is not None and (name, version) != (model.name, model.version):
+        raise not_found(f"Could not find version {version} of model {name}")
     if name != model.name:
         raise not_found(f"Could not find any versions of model {name}")
-    if version is not None and version != model.version:
-        raise not_found(f"Could not find version {version} of model {name}")
     return _pretty(model.status_json())
 
 
