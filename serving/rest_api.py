@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from serving import fast_tensor, json_tensor
+from serving import classify, fast_tensor, json_tensor
 from serving.errors import StatusError, invalid_argument, not_found
 from serving.model import ServedModel
 
@@ -69,11 +69,9 @@ class RestApi:
             name, version, label, verb = match.groups()
             if verb == "predict":
                 return self._predict(model, unquote(name), _version(version), label, body)
-            if verb in ("classify", "regress"):
-                raise StatusError(
-                    "UNIMPLEMENTED",
-                    f"{verb} is not served by this local stand-in for TF Serving; use :predict",
-                )
+            if verb in classify.TASKS:
+                task = classify.TASKS[verb]
+                return self._classify(task, model, unquote(name), _version(version), label, body)
             raise malformed  # TF Serving matches the verb case-insensitively, then compares it
         if method == "GET":
             match = STATUS_PATH.fullmatch(path)
@@ -116,6 +114,23 @@ class RestApi:
             fmt, tensors = json_tensor.request_tensors(doc, inputs)
         outputs = self._run_with_deadline(model, signature_name, tensors)
         return json_tensor.tensors_to_json(outputs, fmt)
+
+    def _classify(
+        self,
+        task: classify.Task,
+        model: ServedModel,
+        name: str,
+        version: int | None,
+        label: str | None,
+        body: bytes | bytearray,
+    ) -> bytes:
+        """:classify or :regress; the body is read before the model is looked up, as in TF
+        Serving."""
+        signature_name, examples = classify.examples_from_json(body)
+        servable = find_servable(model, name, version, label)
+        signature_name, tensors = classify.model_input(task, servable, signature_name, examples)
+        outputs = self._run_with_deadline(servable, signature_name, tensors)
+        return task.to_json(task.result(outputs, len(examples)))
 
     def _run_with_deadline(
         self, model: ServedModel, signature_name: str, tensors: dict[str, np.ndarray]
