@@ -76,9 +76,9 @@ def example_from_json(value: Any) -> bytes:
         )
     example = tf.train.Example()
     for name, content in value.items():
-        feature = example.features.feature[name]
-        feature.Clear()  # a repeated key: rapidjson's last value wins here too
-        _fill_feature(name, content if isinstance(content, list) else [content], feature)
+        # A repeated name: json keeps the last, which is the one TF Serving's loop keeps too.
+        values = content if isinstance(content, list) else [content]
+        _fill_feature(name, values, example.features.feature[name])
     return example.SerializeToString()
 
 
