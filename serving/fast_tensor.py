@@ -25,7 +25,7 @@ length, no empty list). How it proves that without a JSON parser:
    between two commas that isn't "whitespace, number, whitespace", so reading exactly prod(shape)
    numbers proves no number was split by whitespace.
 5. Values the general path would reject or might read differently (out of range for the dtype,
-   floats for an integer input, integers a float can't hold exactly, inf) fall back.
+   floats for an integer input, integers a double can't hold exactly, inf) fall back.
 """
 
 from __future__ import annotations
@@ -102,8 +102,9 @@ _INT_RANGES = {
 }
 _INT32_RANGE = (-(2**31), 2**31 - 1)
 # Largest magnitude a float dtype is sure to take from any JSON number exactly like the general
-# path (an integer literal past it is rejected there as lossy).
-_FLOAT_MAX_EXACT = {"DT_FLOAT": 2**24 - 1, "DT_DOUBLE": 2**53 - 1}
+# path: integers up to it are exact as doubles, so converting them straight to the dtype rounds
+# once, as the general path's double -> float does. Larger ones are left to the general path.
+_FLOAT_MAX_EXACT = {"DT_FLOAT": 2**53 - 1, "DT_DOUBLE": 2**53 - 1}
 
 ParsedRequest = tuple[str, RequestFormat, dict[str, np.ndarray]]
 

@@ -8,6 +8,8 @@ get_model_status_impl.cc): an unknown signature is FAILED_PRECONDITION, the inpu
 against the signature before the model runs (count, names, dtypes), the client's deadline bounds
 the model call, and answers carry their values in the typed fields (`float_val`...), as
 TF Serving's Tensor::AsProtoField writes them and as clients that read `.float_val` expect.
+Classify and Regress share their checks and results with REST's :classify and :regress
+(serving/classify.py).
 
 The messages are the project's own (`tfserving.protos`, TF Serving's field numbers and types,
 so its bytes), with the client's tensor codec (`tfserving.tensors`): the server needs neither
@@ -31,21 +33,26 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
+from serving import classify
 from serving.errors import ServingError, StatusError, invalid_argument
 from serving.json_tensor import dtype_string
 from serving.model import ServedModel
 from serving.rest_api import RestApi, find_servable, model_status
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
 from tfserving.grpc_client import (
+    CLASSIFY,
     GET_MODEL_METADATA,
     GET_MODEL_STATUS,
     PREDICT,
+    REGRESS,
     SIGNATURE_DEF_MAP_URL,
 )
 from tfserving.protos import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     predict_pb2,
+    regression_pb2,
     types_pb2,
 )
 from tfserving.tensors import TensorError, decode_tensor, encode_tensor
@@ -76,8 +83,8 @@ def answered(method: Callable) -> Callable:
 
 
 class PredictionService:
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference are not registered,
-    so grpc answers them UNIMPLEMENTED."""
+    """Predict, Classify, Regress and GetModelMetadata; MultiInference is not registered, so
+    grpc answers it UNIMPLEMENTED."""
 
     def __init__(self, api: RestApi) -> None:
         self.api = api
@@ -103,6 +110,43 @@ class PredictionService:
         for alias in aliases:
             encode_tensor(outputs[alias], response.outputs[alias], typed=True)
         return response
+
+    @answered
+    def Classify(
+        self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
+        model, signature_name, result = self._run_task(classify.CLASSIFY, request, context)
+        response = classification_pb2.ClassificationResponse()
+        _answering(response.model_spec, request, model, signature_name)
+        for classes in result:
+            row = response.result.classifications.add()
+            for label, score in classes:
+                row.classes.add(label=label.decode("utf-8", errors="replace"), score=score)
+        return response
+
+    @answered
+    def Regress(
+        self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        model, signature_name, result = self._run_task(classify.REGRESS, request, context)
+        response = regression_pb2.RegressionResponse()
+        _answering(response.model_spec, request, model, signature_name)
+        for value in result.tolist():
+            response.result.regressions.add(value=value)
+        return response
+
+    def _run_task(
+        self, task: classify.Task, request: Any, context: grpc.ServicerContext
+    ) -> tuple[ServedModel, str, Any]:
+        """(model, signature name, result) of a Classify or Regress request, checked in TF
+        Serving's order: ModelSpec, servable, signature, examples."""
+        model = _requested(self.api.model, request)
+        examples = classify.examples_from_input(request.input)
+        signature_name, inputs = classify.model_input(
+            task, model, request.model_spec.signature_name, examples
+        )
+        outputs = self._run(model, signature_name, inputs, context.time_remaining())
+        return model, signature_name, task.result(outputs, len(examples))
 
     @answered
     def GetModelMetadata(
@@ -165,6 +209,13 @@ class ModelService:
         # The REST answer: the same checks, the same text.
         answer = model_status(self.api.model, name, version)
         return json_format.Parse(answer, get_model_status_pb2.GetModelStatusResponse())
+
+
+def _answering(spec: Any, request: Any, model: ServedModel, signature_name: str) -> None:
+    """MakeModelSpec: the ModelSpec of an answer (the requested name, the version served)."""
+    spec.name = request.model_spec.name
+    spec.version.value = model.version
+    spec.signature_name = signature_name
 
 
 def model_spec(spec: Any) -> tuple[str, int | None, str | None]:
@@ -332,6 +383,8 @@ class GrpcServer:
                     PredictionService(api),
                     {
                         PREDICT: predict_pb2.PredictRequest,
+                        CLASSIFY: classification_pb2.ClassificationRequest,
+                        REGRESS: regression_pb2.RegressionRequest,
                         GET_MODEL_METADATA: get_model_metadata_pb2.GetModelMetadataRequest,
                     },
                 ),

@@ -16,7 +16,10 @@ needs, each bound a `Limits` field and a flag of the local server:
   "Connection: close", and return within `shutdown_deadline_s` whatever the clients do.
 
 Every answer, errors included, is TF Serving's JSON (`{"error": "..."}`); any error that leaves
-the framing in doubt closes the connection after the answer. The log gets one line per request
+the framing in doubt closes the connection after the answer. What TF Serving's own HTTP layer
+does is done here too: a body whose Content-Encoding names gzip is inflated (the inflated size
+is what `max_body_bytes` bounds), `OPTIONS` under /v1/ is a CORS preflight, and with `cors`
+every API answer carries TF Serving's Access-Control-* headers. The log gets one line per request
 (method, path, status, milliseconds, and for a failure its message, control characters
 escaped) and no tracebacks for clients that went away. Request handling (`RestApi.handle`:
 JSON parsing, the model call) runs in a thread pool; the event loop only moves bytes.
@@ -28,9 +31,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import resource
 import socket
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,6 +54,15 @@ MIB = 1 << 20
 _TRIM_AFTER_IDLE_S = 2.0
 _SWEEP_INTERVAL_S = 0.5
 _MAX_LOGGED = 300  # characters of a path or an error message in the log
+# Compressed bytes fed to the inflater at a time: what it holds besides the inflated body.
+_INFLATE_STEP = 1 << 16
+# TF Serving's AddCORSHeaders (http_rest_api_util.cc), sent with --rest_api_enable_cors_support.
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+_NO_ORIGIN = "Origin header is missing in CORS preflight"
 
 # aiohttp answers a request it could not parse as if it were HTTP/1.0; TF Serving (and the
 # old server) say HTTP/1.1, which clients of this API expect.
@@ -121,7 +135,8 @@ class _Connection(RequestHandler):
 
 def _json_response(status: int, payload: bytes) -> web.Response:
     response = web.Response(status=status, body=payload)
-    response.headers["Content-Type"] = "application/json"
+    if payload:  # a CORS preflight is answered without a body, and TF Serving says no type
+        response.headers["Content-Type"] = "application/json"
     # aiohttp sets its name and version unless told otherwise; TF Serving sends no banner.
     response.headers["Server"] = "TF Serving REST stand-in"
     return response
@@ -147,9 +162,12 @@ class RestServer:
     `serve_forever()`, and `stop()` (safe from a signal handler or any thread) makes it finish.
     """
 
-    def __init__(self, address: tuple[str, int], api, limits: Limits | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], api, limits: Limits | None = None, cors: bool = False
+    ) -> None:
         self.api = api
         self.limits = limits or Limits()
+        self.cors = cors  # --rest_api_enable_cors_support
         self.stopping = False
         self.in_flight = 0
         self.refused_connections = 0
@@ -173,6 +191,8 @@ class RestServer:
             # body took ~90 ms longer than on the old http.server in 64 KB steps, the same in
             # 1 MB ones (side by side, medians of 24).
             read_bufsize=1 << 20,
+            # A gzip body is inflated here, bounded by the limit; aiohttp's would not be.
+            auto_decompress=False,
         )
         sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
         try:
@@ -278,8 +298,7 @@ class RestServer:
         close = False
         try:
             try:
-                status, payload = await self._answer(request)
-                error = _error_message(payload) if status >= 400 else None
+                status, payload, error = await self._answer(request)
                 # A refused chunked body: where its last chunk ends is not known for sure.
                 close = error is not None and "Transfer-Encoding" in request.headers
             except _Reject as e:
@@ -288,6 +307,8 @@ class RestServer:
                 status, error, close = 499, "the client went away before the answer", True
                 payload = error_json(error)
             response = _json_response(status, payload)
+            if self.cors and _is_api_path(request.raw_path):
+                response.headers.update(CORS_HEADERS)
             if close or self.stopping:
                 response.force_close()
             transport = request.transport
@@ -309,7 +330,8 @@ class RestServer:
                 self._trim_handle = self._loop.call_later(_TRIM_AFTER_IDLE_S, self._trim)
         return response
 
-    async def _answer(self, request: web.BaseRequest) -> tuple[int, bytes]:
+    async def _answer(self, request: web.BaseRequest) -> tuple[int, bytes, str | None]:
+        """(status, body, error message or None) of a request whose headers are in."""
         length = _check_framing(request, self.limits.max_body_bytes)
         if self.in_flight >= self.limits.max_in_flight:
             raise _Reject(
@@ -330,11 +352,21 @@ class RestServer:
                     408,
                     f"Request body not received within {self.limits.body_timeout_s:.0f} s",
                 ) from None
-            return await self._loop.run_in_executor(
-                self._workers, self.api.handle, request.method, request.raw_path, body
+            if request.method == "OPTIONS" and _is_api_path(request.raw_path):
+                return _preflight(request.headers.get("Origin", ""))
+            gzipped = "gzip" in request.headers.get("Content-Encoding", "")
+            status, payload = await self._loop.run_in_executor(
+                self._workers, self._handle, request.method, request.raw_path, body, gzipped
             )
+            return status, payload, _error_message(payload) if status >= 400 else None
         finally:
             self.in_flight -= 1
+
+    def _handle(self, method: str, path: str, body: bytearray, gzipped: bool) -> tuple[int, bytes]:
+        """The API's answer (in a worker thread: inflating a body is CPU work too)."""
+        if gzipped:
+            body = _gunzip(body, self.limits.max_body_bytes)
+        return self.api.handle(method, path, body)
 
     async def _read_body(self, request: web.BaseRequest, length: int | None) -> bytearray:
         """The whole body, or _Reject: over the limit, incomplete, badly framed.
@@ -401,10 +433,6 @@ def _check_framing(request: web.BaseRequest, limit: int) -> int | None:
             # like every other Transfer-Encoding but plain "chunked" (a smuggling pattern).
             raise _Reject(400, f"Unsupported Transfer-Encoding: {', '.join(codings)}")
         return None
-    if headers.get("Content-Encoding", "identity").lower() != "identity":
-        # aiohttp would inflate it unbounded; the limit would then have to count the inflated
-        # size. Not supported (yet): RFC 9110's answer to an unsupported content coding.
-        raise _Reject(415, f"Unsupported Content-Encoding: {headers['Content-Encoding']}")
     lengths = headers.getall("Content-Length", [])
     if len(lengths) > 1 or (lengths and not lengths[0].isdigit()):
         raise _Reject(400, "Malformed request: bad Content-Length")
@@ -412,6 +440,47 @@ def _check_framing(request: web.BaseRequest, limit: int) -> int | None:
     if length > limit:
         raise _Reject(413, _too_big(limit))
     return length
+
+
+def _is_api_path(path: str) -> bool:
+    """Is `path` one TF Serving's REST dispatcher takes (its regex "/v1/.*")?"""
+    return path[:4].lower() == "/v1/"
+
+
+def _preflight(origin: str) -> tuple[int, bytes, str | None]:
+    """TF Serving's answer to OPTIONS (whatever --rest_api_enable_cors_support says): 200 if
+    the Origin header names an http(s) origin, else FAILED_PRECONDITION; no body either way."""
+    if re.search(r"https?://", origin):
+        return 200, b"", None
+    return 400, b"", _NO_ORIGIN
+
+
+def _gunzip(body: bytearray, limit: int) -> bytearray:
+    """A gzip body inflated, as TF Serving's HTTP layer does for a Content-Encoding naming gzip.
+
+    Inflated in steps bounded by what is left of `limit`, so a gzip bomb costs at most the
+    limit in memory before its 413. Data that isn't gzip (or ends early) is an empty body, as
+    TF Serving's inflater leaves it: the API then says what it says of an empty body.
+    """
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing only
+    inflated = bytearray()
+    compressed = memoryview(body)
+    try:
+        for start in range(0, len(compressed), _INFLATE_STEP):
+            pending = compressed[start : start + _INFLATE_STEP]
+            while pending and not inflater.eof:
+                # Never 0 here (0 would mean no bound): the size stays <= limit in the loop.
+                inflated += inflater.decompress(pending, limit + 1 - len(inflated))
+                if len(inflated) > limit:
+                    raise _Reject(413, _too_big(limit))
+                pending = inflater.unconsumed_tail
+    except zlib.error as e:
+        log.info("a gzip request body could not be inflated: %s", e)
+        return bytearray()
+    if not inflater.eof:
+        log.info("a gzip request body ended before its gzip stream did")
+        return bytearray()
+    return inflated
 
 
 def _too_big(limit: int) -> str:

@@ -50,11 +50,11 @@ _INT_RANGES = {
     "DT_UINT64": (0, 2**64 - 1),
 }
 
-# Largest integer a float type holds exactly (IsLosslessDecimal's kMaxInt), and its finite range.
-_FLOAT_LIMITS = {
-    "DT_FLOAT": (2**24 - 1, float(np.finfo(np.float32).max), "float"),
-    "DT_DOUBLE": (2**53 - 1, float(np.finfo(np.float64).max), "double"),
-}
+# Any JSON number goes into a float tensor as rapidjson's GetDouble() (GetFloat() is that double
+# cast to float): rounded, out of float's range to +-inf. TF Serving >= 2.5 accepts
+# 1435774380 for a float (b/181409782) where it used to refuse it as a loss of precision.
+_FLOAT_DTYPES = frozenset({"DT_FLOAT", "DT_DOUBLE"})
+_NUMBER_TOO_BIG = "JSON Parse error: Number too big to be stored in double."
 
 # Error messages quote the offending JSON; TF Serving quotes it whole, which for a big body makes a
 # megabyte-long error. We cut it here (TF Serving has a TODO to do the same).
@@ -66,9 +66,9 @@ _TOO_DEEP = (
     f"JSON Value nested deeper than {MAX_TENSOR_RANK} levels: a tensor has at most "
     f"{MAX_TENSOR_RANK} dimensions"
 )
-# The keys of a request body that are read; the values of any others are checked as JSON and
-# skipped, however deep they nest (TF Serving ignores them too).
-_REQUEST_KEYS = frozenset({"signature_name", "instances", "inputs"})
+# The keys of a predict request body that are read; the values of any others are checked as
+# JSON and skipped, however deep they nest (TF Serving ignores them too).
+PREDICT_KEYS = frozenset({"signature_name", "instances", "inputs"})
 
 
 class RequestFormat(enum.Enum):
@@ -118,7 +118,6 @@ def json_type_string(value: Any) -> str:
 # Python's json error wording -> rapidjson's (GetParseError_En), for the common mistakes.
 _PARSE_ERRORS = {
     "Expecting value": "Invalid value.",
-    "Extra data": "The document root must not be followed by other values.",
     "Expecting property name enclosed in double quotes": "Missing a name for object member.",
     "Expecting ':' delimiter": "Missing a colon after a name of object member.",
     "Unterminated string starting at": "Missing a closing quotation mark in string.",
@@ -126,11 +125,15 @@ _PARSE_ERRORS = {
 }
 
 
-def parse_json_document(body: bytes | bytearray) -> dict:
+def parse_json_document(
+    body: bytes | bytearray, request_keys: frozenset[str] = PREDICT_KEYS
+) -> dict:
     """ParseJson: the request body must be a JSON object (UTF-8, as rapidjson reads it).
 
     Linear in the body whatever it holds: json.loads stops at ~1000 levels of nesting, and such
-    a body is read again key by key, skipping the values of keys a request doesn't use.
+    a body is read again key by key, skipping the values of keys a request doesn't use. Like
+    rapidjson with kParseStopWhenDoneFlag, reading stops at the end of the root value: bytes
+    after it are ignored.
     """
     if not body.strip():
         raise invalid_argument("JSON Parse error: The document is empty")
@@ -141,15 +144,16 @@ def parse_json_document(body: bytes | bytearray) -> dict:
             f"JSON Parse error: Invalid encoding in string. at offset: {e.start}"
         ) from None
     try:
+        start = _SPACE.match(text).end()
         try:
-            doc = json.loads(text)
+            doc = json.JSONDecoder().raw_decode(text, start)[0]
         except RecursionError:
-            doc = _parse_skipping_unused(text)
+            doc = _parse_skipping_unused(text, start, request_keys)
     except json.JSONDecodeError as e:
         message = _PARSE_ERRORS.get(e.msg, e.msg + ".")
         raise invalid_argument(f"JSON Parse error: {message} at offset: {e.pos}") from None
     except ValueError:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
-        raise invalid_argument("JSON Parse error: Number too big to be stored in double.") from None
+        raise invalid_argument(_NUMBER_TOO_BIG) from None
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} Is not object")
     return doc
@@ -168,12 +172,13 @@ def _syntax_error(message: str, pos: int) -> json.JSONDecodeError:
     return json.JSONDecodeError(message, "", pos)
 
 
-def _parse_skipping_unused(text: str) -> dict:
+def _parse_skipping_unused(
+    text: str, pos: int = 0, request_keys: frozenset[str] = PREDICT_KEYS
+) -> dict:
     """A body nested too deep for json.loads: its top-level object, with the values of the
-    request's keys decoded (a RecursionError there is a tensor nested too deep) and the other
-    values checked and skipped."""
+    request's keys decoded (a RecursionError there is a tensor nested too deep, or a
+    signature_name that is no string) and the other values checked and skipped."""
     decoder = json.JSONDecoder()
-    pos = _SPACE.match(text).end()
     if not text.startswith("{", pos):
         raise invalid_argument(_TOO_DEEP)  # a top-level array or value nested this deep
     doc: dict = {}
@@ -189,10 +194,12 @@ def _parse_skipping_unused(text: str) -> dict:
             if not text.startswith(":", pos):
                 raise _syntax_error("Expecting ':' delimiter", pos)
             pos = _SPACE.match(text, pos + 1).end()
-            if key in _REQUEST_KEYS:
+            if key in request_keys:
                 try:
                     doc[key], pos = decoder.raw_decode(text, pos)
                 except RecursionError:
+                    if key == "signature_name":
+                        raise _signature_error(doc) from None
                     raise invalid_argument(_TOO_DEEP) from None
             else:
                 pos = _skip_value(text, pos)
@@ -204,8 +211,6 @@ def _parse_skipping_unused(text: str) -> dict:
                 break
             else:
                 raise _syntax_error("Expecting ',' delimiter", pos)
-    if _SPACE.match(text, pos).end() != len(text):
-        raise _syntax_error("Extra data", pos)
     return doc
 
 
@@ -260,11 +265,15 @@ def signature_name_of(doc: dict) -> str:
     """The optional "signature_name" (empty means serving_default)."""
     name = doc.get("signature_name", "")
     if not isinstance(name, str):
-        raise invalid_argument(
-            f"JSON Value: {json_value_to_string(doc)} not formatted correctly. "
-            "'signature_name' key must be a string value."
-        )
+        raise _signature_error(doc)
     return name
+
+
+def _signature_error(doc: dict) -> StatusError:
+    return invalid_argument(
+        f"JSON Value: {json_value_to_string(doc)} not formatted correctly. "
+        "'signature_name' key must be a string value."
+    )
 
 
 def _type_error(value: Any, dtype: str) -> StatusError:
@@ -278,20 +287,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_lossless(value: int | float, dtype: str) -> bool:
-    max_int, max_float, _ = _FLOAT_LIMITS[dtype]
-    if isinstance(value, int) and -(2**63) <= value < 2**64:
-        return abs(value) <= max_int
-    value = float(value)
-    return not math.isfinite(value) or -max_float <= value <= max_float
+def as_double(value: int | float) -> float:
+    """A JSON number as rapidjson holds it: a double (an integer past a double's range is a
+    number rapidjson refuses to parse)."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise invalid_argument(_NUMBER_TOO_BIG) from None
 
 
-def _is_b64_object(value: Any) -> bool:
+def is_b64_object(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def _decode_b64(value: Any) -> bytes:
-    if not _is_b64_object(value):
+def decode_b64(value: Any) -> bytes:
+    if not is_b64_object(value):
         raise invalid_argument(
             f"JSON Value: {json_value_to_string(value)} not formatted correctly for base64 data"
         )
@@ -310,17 +320,12 @@ def _scalar(value: Any, dtype: str) -> Any:
     """AddValueToTensor: check one JSON leaf against the tensor's dtype."""
     if isinstance(value, dict):
         if dtype == "DT_STRING":
-            return _decode_b64(value)
+            return decode_b64(value)
         raise _type_error(value, dtype)
-    if dtype in _FLOAT_LIMITS:
+    if dtype in _FLOAT_DTYPES:
         if not _is_number(value):
             raise _type_error(value, dtype)
-        if not _is_lossless(value, dtype):
-            raise invalid_argument(
-                f"Cannot convert JSON value: {json_value_to_string(value)} to "
-                f"{_FLOAT_LIMITS[dtype][2]} without loss of precision."
-            )
-        return value
+        return as_double(value)
     if dtype in _INT_RANGES:
         low, high = _INT_RANGES[dtype]
         if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
@@ -384,6 +389,9 @@ def _to_array(values: list, shape: list[int], dtype: str) -> np.ndarray:
     if dtype in _INT_RANGES:
         wide = np.uint64 if dtype == "DT_UINT64" else np.int64
         return np.array(values, dtype=wide).astype(NUMPY_DTYPES[dtype]).reshape(shape)
+    if dtype in _FLOAT_DTYPES:
+        with np.errstate(over="ignore"):  # a double past float's range is +-inf, as in C++
+            return np.array(values, dtype=np.float64).astype(NUMPY_DTYPES[dtype]).reshape(shape)
     return np.array(values, dtype=NUMPY_DTYPES[dtype]).reshape(shape)
 
 
@@ -431,7 +439,7 @@ def _instances_to_tensors(instances: list, inputs: Mapping[str, str]) -> dict[st
         )
 
     def is_named_row(value: Any) -> bool:
-        return isinstance(value, dict) and not _is_b64_object(value)
+        return isinstance(value, dict) and not is_b64_object(value)
 
     named_rows = is_named_row(instances[0])
     batches: dict[str, _Batch] = {}
@@ -476,7 +484,7 @@ def _instances_to_tensors(instances: list, inputs: Mapping[str, str]) -> dict[st
 
 def _inputs_to_tensors(value: Any, inputs: Mapping[str, str]) -> dict[str, np.ndarray]:
     """FillTensorMapFromInputsMap: one value per named input (or a bare value for a single one)."""
-    if not isinstance(value, dict) or _is_b64_object(value):
+    if not isinstance(value, dict) or is_b64_object(value):
         if len(inputs) > 1:
             raise invalid_argument(
                 "inputs is a plain value/list, but expecting an object as multiple input "
@@ -509,7 +517,7 @@ def request_tensors(
         instances = doc["instances"]
         if not isinstance(instances, list):
             raise invalid_argument(
-                f"JSON Value: {json_value_to_string(doc)} Excepting 'instances' to be an list/array"
+                f"JSON Value: {json_value_to_string(doc)} Expecting 'instances' to be an list/array"
             )
         if not instances:
             raise invalid_argument(
@@ -524,7 +532,7 @@ def request_tensors(
 # ---- responses -------------------------------------------------------------------------------
 
 
-def _format_floats(values: np.ndarray) -> list[str]:
+def format_floats(values: np.ndarray) -> list[str]:
     """WriteDecimal: shortest "%g" that round-trips (else max_digits10), whole numbers get ".0"."""
     flat = values.ravel()
     digits = 9 if flat.dtype != np.float64 else 17
@@ -550,7 +558,7 @@ def _format_values(name: str, tensor: np.ndarray) -> list[str]:
     """Every element of an output tensor as JSON text (AddSingleValueAndAdvance)."""
     kind = tensor.dtype.kind
     if kind == "f":
-        return _format_floats(tensor)
+        return format_floats(tensor)
     if kind in "iu":
         return [str(v) for v in tensor.ravel().tolist()]
     if kind == "b":
@@ -567,9 +575,12 @@ def _format_values(name: str, tensor: np.ndarray) -> list[str]:
 
 
 def _nested(texts: np.ndarray | str) -> str:
-    """Join element texts into nested single-line JSON arrays of the tensor's shape."""
+    """Join element texts into nested single-line JSON arrays of the tensor's shape (a scalar
+    is its bare value, as AddTensorValues writes it)."""
     if isinstance(texts, str):
         return texts
+    if texts.ndim == 0:
+        return texts.item()
     if texts.ndim == 1:
         return "[" + ", ".join(texts.tolist()) + "]"
     return "[" + ", ".join(_nested(sub) for sub in texts) + "]"

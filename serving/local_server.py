@@ -152,8 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=max(4, 2 * (os.cpu_count() or 1)),
         help="model calls run at the same time",
     )
+    parser.add_argument(
+        "--rest_api_enable_cors_support",
+        type=tf_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="send TF Serving's Access-Control-* headers with every REST answer",
+    )
     add_limit_flags(parser)
     return parser
+
+
+def tf_bool(text: str) -> bool:
+    """A boolean flag's value as TensorFlow's flag parser reads it (bare flag: true)."""
+    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (true, false, 1 or 0)")
+    return value
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -233,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"local_server: error: {e}", file=sys.stderr)
             return 1
     try:
-        server = RestServer((args.rest_api_host, args.rest_api_port), api, limits_from(args))
+        server = RestServer(
+            (args.rest_api_host, args.rest_api_port),
+            api,
+            limits_from(args),
+            cors=args.rest_api_enable_cors_support,
+        )
     except OSError as e:
         if grpc_server is not None:
             grpc_server.stop(grace_s=0)

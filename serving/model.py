@@ -99,7 +99,7 @@ class ServedModel:
             raise StatusError(_ERROR_CODES.get(e.error_code, "UNKNOWN"), _op_message(e)) from None
         except (TypeError, ValueError) as e:  # the signature refused the tensor (rank, dtype)
             raise invalid_argument(_first_line(str(e))) from None
-        return {key: value.numpy() for key, value in sorted(outputs.items())}
+        return {key: _to_array(value) for key, value in sorted(outputs.items())}
 
     def status_json(self) -> dict:
         """GetModelStatusResponse of the loaded version (a string: int64 in proto JSON)."""
@@ -129,6 +129,17 @@ class ServedModel:
 
 
 _ERROR_CODES = {getattr(tf.errors, name): name for name in HTTP_STATUS}
+
+
+def _to_array(tensor: tf.Tensor) -> np.ndarray:
+    """An output as an array, scalars too: .numpy() gives a 0-d string as bare bytes (and a
+    bytes array via np.asarray would drop trailing NULs), which the JSON writer can't shape."""
+    value = tensor.numpy()
+    if isinstance(value, bytes):
+        array = np.empty((), dtype=object)
+        array[()] = value
+        return array
+    return np.asarray(value)
 
 
 def _op_message(error: tf.errors.OpError) -> str:

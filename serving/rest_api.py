@@ -16,7 +16,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from serving import fast_tensor, json_tensor
+from serving import classify, fast_tensor, json_tensor
 from serving.errors import StatusError, invalid_argument, not_found
 from serving.model import ServedModel
 
@@ -47,7 +47,9 @@ class RestApi:
 
     def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, bytes]:
         try:
-            return 200, self._dispatch(method, path.split("?", 1)[0], body)
+            # The query is part of the path, as in TF Serving (EvHTTPRequest::uri_path()): it
+            # has no query parameters, so "?x=1" ends up in a model name or breaks the route.
+            return 200, self._dispatch(method, path, body)
         except StatusError as e:
             return e.http_status, json_tensor.error_json(e.message)
         except Exception as e:  # a bug or a model failure: TF Serving answers INTERNAL too
@@ -67,11 +69,9 @@ class RestApi:
             name, version, label, verb = match.groups()
             if verb == "predict":
                 return self._predict(model, unquote(name), _version(version), label, body)
-            if verb in ("classify", "regress"):
-                raise StatusError(
-                    "UNIMPLEMENTED",
-                    f"{verb} is not served by this local stand-in for TF Serving; use :predict",
-                )
+            if verb in classify.TASKS:
+                task = classify.TASKS[verb]
+                return self._classify(task, model, unquote(name), _version(version), label, body)
             raise malformed  # TF Serving matches the verb case-insensitively, then compares it
         if method == "GET":
             match = STATUS_PATH.fullmatch(path)
@@ -115,6 +115,23 @@ class RestApi:
         outputs = self._run_with_deadline(model, signature_name, tensors)
         return json_tensor.tensors_to_json(outputs, fmt)
 
+    def _classify(
+        self,
+        task: classify.Task,
+        model: ServedModel,
+        name: str,
+        version: int | None,
+        label: str | None,
+        body: bytes | bytearray,
+    ) -> bytes:
+        """:classify or :regress; the body is read before the model is looked up, as in TF
+        Serving."""
+        signature_name, examples = classify.examples_from_json(body)
+        servable = find_servable(model, name, version, label)
+        signature_name, tensors = classify.model_input(task, servable, signature_name, examples)
+        outputs = self._run_with_deadline(servable, signature_name, tensors)
+        return task.to_json(task.result(outputs, len(examples)))
+
     def _run_with_deadline(
         self, model: ServedModel, signature_name: str, tensors: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
@@ -156,11 +173,13 @@ def find_servable(
 
 
 def model_status(model: ServedModel, name: str, version: int | None) -> bytes:
-    """GetModelStatus: only the loaded version is known (others were never loaded)."""
+    """GetModelStatus: only the loaded version is known (others were never loaded). A request
+    for a version is looked up as (name, version), so an unknown model gets the version's
+    message too."""
+    if version is not None and (name, version) != (model.name, model.version):
+        raise not_found(f"Could not find version {version} of model {name}")
     if name != model.name:
         raise not_found(f"Could not find any versions of model {name}")
-    if version is not None and version != model.version:
-        raise not_found(f"Could not find version {version} of model {name}")
     return _pretty(model.status_json())
 
 

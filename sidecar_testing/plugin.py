@@ -25,6 +25,7 @@ from sidecar_testing.docker import (
     import_tiny_base_image,
     remove_image,
 )
+from sidecar_testing.half_plus_two import build_half_plus_two
 from sidecar_testing.reference import ModelReference
 from sidecar_testing.servers import LocalServer
 
@@ -69,6 +70,19 @@ def model_kind(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return build_kind(kind, root)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def half_plus_two_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base path of a half_plus_two SavedModel (sidecar_testing.half_plus_two), built once."""
+    return build_half_plus_two(tmp_path_factory.mktemp("half_plus_two"))
+
+
+@pytest.fixture(scope="session")
+def half_plus_two_server(half_plus_two_model: Path) -> Iterator[LocalServer]:
+    """The local TF Serving stand-in serving the half_plus_two model as "half_plus_two"."""
+    with LocalServer(half_plus_two_model, model_name="half_plus_two") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -15,21 +15,29 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, text_format
+from tensorflow.core.example import example_pb2 as tf_example_pb2
 from tensorflow.core.framework import tensor_pb2 as tf_tensor_pb2
 from tensorflow.core.framework import types_pb2 as tf_types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2 as tf_meta_graph_pb2
+from tensorflow_serving.apis import classification_pb2 as tfs_classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2 as tfs_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2 as tfs_status_pb2
+from tensorflow_serving.apis import input_pb2 as tfs_input_pb2
 from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
+from tensorflow_serving.apis import regression_pb2 as tfs_regression_pb2
 
 from sidecar_testing.data import PIXEL_MODEL, ROOT
 from tfserving.grpc_client import SIGNATURE_DEF_MAP_URL
 from tfserving.protos import (
+    classification_pb2,
+    example_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    input_pb2,
     meta_graph_pb2,
     predict_pb2,
+    regression_pb2,
     status_pb2,
     tensor_pb2,
     types_pb2,
@@ -46,6 +54,12 @@ PAIRS = [
     (get_model_status_pb2.GetModelStatusResponse, tfs_status_pb2.GetModelStatusResponse),
     (tensor_pb2.TensorProto, tf_tensor_pb2.TensorProto),
     (meta_graph_pb2.SignatureDef, tf_meta_graph_pb2.SignatureDef),
+    (classification_pb2.ClassificationRequest, tfs_classification_pb2.ClassificationRequest),
+    (classification_pb2.ClassificationResponse, tfs_classification_pb2.ClassificationResponse),
+    (regression_pb2.RegressionRequest, tfs_regression_pb2.RegressionRequest),
+    (regression_pb2.RegressionResponse, tfs_regression_pb2.RegressionResponse),
+    (input_pb2.Input, tfs_input_pb2.Input),
+    (example_pb2.Example, tf_example_pb2.Example),
 ]
 
 
@@ -182,6 +196,68 @@ def test_model_status_response_round_trips() -> None:
     request = tfs_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "ssd"
     both_ways(get_model_status_pb2.GetModelStatusRequest, request)
+
+
+EXAMPLE = """
+  features {
+    feature { key: "names" value { bytes_list { value: "foo" value: "\\377\\000" } } }
+    feature { key: "ratings" value { float_list { value: 8.0 value: -0.5 value: inf } } }
+    feature { key: "age" value { int64_list { value: 20 value: -9223372036854775808 } } }
+    feature { key: "empty" value {} }
+  }
+"""
+
+
+@pytest.mark.parametrize(
+    ("ours_class", "official_class"),
+    [
+        (classification_pb2.ClassificationRequest, tfs_classification_pb2.ClassificationRequest),
+        (regression_pb2.RegressionRequest, tfs_regression_pb2.RegressionRequest),
+    ],
+    ids=["classify", "regress"],
+)
+def test_classify_and_regress_requests_round_trip_with_their_examples(
+    ours_class, official_class
+) -> None:
+    request = official_class()
+    request.model_spec.name = "half_plus_two"
+    request.model_spec.signature_name = "classify_x_to_y"
+    listed = request.input.example_list_with_context
+    text_format.Parse(EXAMPLE, listed.context)
+    text_format.Parse(EXAMPLE, listed.examples.add())
+    listed.examples.add()
+    ours = both_ways(ours_class, request)
+    context = ours.input.example_list_with_context.context.features.feature
+    assert list(context["names"].bytes_list.value) == [b"foo", b"\xff\x00"]
+    assert list(context["age"].int64_list.value) == [20, -(2**63)]
+    assert context["empty"].WhichOneof("kind") is None
+    # An example serialized by our messages is TensorFlow's tf.Example, byte for byte.
+    example = tf_example_pb2.Example.FromString(
+        ours.input.example_list_with_context.examples[0].SerializeToString()
+    )
+    assert example == listed.examples[0]
+    plain = official_class()
+    plain.input.example_list.examples.add().CopyFrom(listed.examples[0])
+    assert both_ways(ours_class, plain).input.WhichOneof("kind") == "example_list"
+
+
+def test_classify_and_regress_responses_round_trip() -> None:
+    response = tfs_classification_pb2.ClassificationResponse()
+    response.model_spec.name = "m"
+    response.model_spec.version.value = 3
+    row = response.result.classifications.add()
+    row.classes.add(label="cat", score=0.25)
+    row.classes.add(label="", score=-1.5)
+    ours = both_ways(classification_pb2.ClassificationResponse, response)
+    assert [(c.label, c.score) for c in ours.result.classifications[0].classes] == [
+        ("cat", 0.25),
+        ("", -1.5),
+    ]
+    regression = tfs_regression_pb2.RegressionResponse()
+    regression.result.regressions.add(value=42.0)
+    regression.result.regressions.add(value=float("inf"))
+    ours = both_ways(regression_pb2.RegressionResponse, regression)
+    assert [r.value for r in ours.result.regressions] == [42.0, float("inf")]
 
 
 ARRAYS = {

@@ -53,6 +53,8 @@ from tfserving.spec import ServerSpec
 from tfserving.tensors import TensorError, decode_tensor, encode_tensor
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
+CLASSIFY = "/tensorflow.serving.PredictionService/Classify"
+REGRESS = "/tensorflow.serving.PredictionService/Regress"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
 # What metadata["signature_def"] holds: TF Serving's SignatureDefMap, named as TF Serving names it.
