@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,10 @@ class Detection:
     box: tuple[float, float, float, float]  # normalized [ymin, xmin, ymax, xmax], within 0..1
     box_pixels: tuple[int, int, int, int]  # [ymin, xmin, ymax, xmax] in the image's pixels
     index: int = 0  # the detection's row in the model's outputs (its mask, its keypoints)
+    # Instance outputs, when the model gives them (object_detection.instances fills them in):
+    # a bool H x W array at the original image's size, and K x 3 (x_px, y_px, score) keypoints.
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    keypoints: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

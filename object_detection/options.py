@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from tfserving.conventions import DEFAULT_SIGNATURE
 
 ENCODINGS = ("auto", "b64", "pixels")
+OUTPUT_FORMATS = ("json", "coco")  # predict --format: the result document, or COCO results
+COCO_RESULTS_NAME = "coco_results.json"  # a batch's COCO results, in OUTPUT_DIR
 # Detections kept per image unless asked otherwise: 10x what the zoo's SSD models return (100)
 # and 3x Faster R-CNN's (300), so a real model never reaches it, while an answer with a million
 # rows above the threshold costs its numpy checks, not a million Python objects and JSON lines.
@@ -22,3 +24,4 @@ class DetectOptions:
     signature_name: str = DEFAULT_SIGNATURE
     keep_raw: bool = True  # keep the server's full answer in the result
     max_side: int | None = None  # pixels: downscale so that neither side exceeds this
+    keep_masks: bool = True  # write masks (COCO RLE) in the result; drawn either way
