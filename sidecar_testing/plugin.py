@@ -9,7 +9,7 @@ sidecar_testing.docker.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -55,6 +55,16 @@ def encoded_server() -> Iterator[LocalServer]:
     """The local TF Serving stand-in serving ENCODED_MODEL ({"b64"} JPEG/PNG bytes)."""
     with LocalServer(ENCODED_MODEL, model_name="ssd_mobilenet_v1_coco_encoded") as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def model_kind(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """`model_kind("box_masks")`: the base path of a test model shaped like that export kind
+    (sidecar_testing.model_kinds), built on first use (about 4 s) and kept for the session."""
+    from sidecar_testing.model_kinds import build_kind  # TensorFlow: only for tests that ask
+
+    root = tmp_path_factory.mktemp("model_kinds")
+    return lambda kind: build_kind(kind, root)
 
 
 @pytest.fixture(scope="session")
