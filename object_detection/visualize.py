@@ -108,9 +108,15 @@ def _same_box_groups(detections: Sequence[Detection]) -> list[list[Detection]]:
 
 
 def _fill_mask(canvas: Image.Image, mask: np.ndarray, color: tuple[int, int, int]) -> None:
-    """Blend `color` into the mask's pixels at MASK_ALPHA."""
-    coverage = Image.fromarray(np.where(mask, round(MASK_ALPHA * 255), 0).astype(np.uint8))
-    canvas.paste(color, (0, 0), coverage)
+    """Blend `color` into the mask's pixels at MASK_ALPHA, over the mask's bounding box only:
+    a hundred small masks on a 12 MP photo must not cost a hundred full-picture blends."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return
+    top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
+    inside = mask[top:bottom, left:right]
+    coverage = Image.fromarray(np.where(inside, round(MASK_ALPHA * 255), 0).astype(np.uint8))
+    canvas.paste(color, (int(left), int(top), int(right), int(bottom)), coverage)
 
 
 def _draw_keypoints(

@@ -330,3 +330,16 @@ def test_coco_options_misused(server_of, tmp_path):
         result.output.strip()
         == f"Error: {tmp_path / 'gt.json'}: not COCO annotations (no 'images' list)"
     )
+    ground_truth(tmp_path / "gt.json", [(1, "other.jpg", (WIDTH, HEIGHT))], [])
+    requests_before = server.stderr().count(":predict")
+    result = run("--server_url", server.predict_url, IMAGE1, "--format", "coco",
+                 "--coco_gt", tmp_path / "gt.json")  # fmt: skip
+    assert result.exit_code == 1
+    missing = f"{IMAGE1} is not an image of {tmp_path / 'gt.json'} (no such file_name)"
+    assert result.output.strip() == f"Error: {missing}"
+    assert server.stderr().count(":predict") == requests_before  # refused before sending
+    ground_truth(tmp_path / "gt.json", [(1, "image1.jpg", (WIDTH, HEIGHT))], [])
+    result = run("--server_url", server.predict_url, IMAGE1, "--format", "coco",
+                 "--coco_gt", tmp_path / "gt.json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert server.stderr().count(":predict") == requests_before + 1  # as a request is logged
