@@ -424,7 +424,6 @@ def predict(
 ) -> None:
     """Detect objects in one image (JSON with the detections, and optionally the picture),
     or in many: photos, directories and globs, with --output_dir."""
-    from object_detection.batch import BatchOptions
     from object_detection.inputs import names_one_file
     from object_detection.label_map import coco_label_map, load_label_map
 
@@ -460,6 +459,8 @@ def predict(
     output_real = os.path.realpath(output_dir)  # resolve() raises on a symlink loop
     if any(Path(name).is_dir() and os.path.realpath(name) == output_real for name in inputs):
         raise click.UsageError("--output_dir must not be one of the input directories")
+    from object_detection.batch import BatchOptions  # threads and all: only for many images
+
     batch = BatchOptions(output_dir, workers, save_output_image, resume)
     predict_many(server, inputs, labels, options, batch, image_ids)
 
