@@ -54,6 +54,7 @@ class ImageIds:
         self.images: list[NumberedImage] = []
         self._by_path: dict[str, int] = {}
         self._by_base_name: dict[str, list[int]] = {}
+        self._taken: dict[int, Path] = {}  # ground-truth ids given so far, and to which photo
         if ground_truth is not None:
             for image_id, file_name in _gt_images(ground_truth):
                 self._by_path[posixpath.normpath(file_name)] = image_id
@@ -61,8 +62,15 @@ class ImageIds:
 
     def assign(self, path: Path, name: Path) -> int:
         """The photo's id. Raises CocoError when a ground truth is given and the photo is not
-        one of its images (or its base name is several)."""
+        one of its images (or its base name is several), or is the image another photo of the
+        run already is: their detections would be scored as one photo's."""
         image_id = len(self.images) + 1 if self.ground_truth is None else self._gt_id(name)
+        if image_id in self._taken:
+            raise CocoError(
+                f"{name} is image {image_id} of {self.ground_truth}, and so is "
+                f"{self._taken[image_id]}: name the photos by their paths in it"
+            )
+        self._taken[image_id] = path
         self.images.append(NumberedImage(image_id, path, name))
         return image_id
 

@@ -88,6 +88,9 @@ def test_photos_the_ground_truth_does_not_name_clearly(ground_truth):
         ids.assign(Path("z.jpg"), Path("z.jpg"))
     with pytest.raises(CocoError, match=r"matches several images .* \(ids 13, 14\)"):
         ids.assign(Path("b.jpg"), Path("b.jpg"))
+    assert ids.assign(Path("in/one/c.jpg"), Path("one/c.jpg")) == 15
+    with pytest.raises(CocoError, match=r"two/c.jpg is image 15 of .*gt.json, and so is in/one"):
+        ids.assign(Path("in/two/c.jpg"), Path("two/c.jpg"))
 
 
 @pytest.mark.parametrize(
