@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from object_detection.options import DEFAULT_MAX_BOXES, ENCODINGS, INPUT_RANGES, DetectOptions
+from object_detection.options import (
+    COCO_RESULTS_NAME,
+    DEFAULT_MAX_BOXES,
+    ENCODINGS,
+    INPUT_RANGES,
+    OUTPUT_FORMATS,
+    DetectOptions,
+)
 from tfserving.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_RETRIES,
@@ -41,6 +48,8 @@ from tfserving.errors import (
 from tfserving.spec import ServerSpec, ServerSpecError, grpc_address
 
 if TYPE_CHECKING:
+    from object_detection.batch import BatchOptions
+    from object_detection.coco import ImageIds
     from object_detection.label_map import LabelMap
     from object_detection.plan import Plan
     from tfserving.model_client import ModelClient
@@ -74,6 +83,11 @@ Examples:
   python client.py predict --host 34.73.137.228 --model_name ssd --image_path photo.jpg
   # a folder (recursively) and a glob, 4 requests at a time; after a crash add --resume
   python client.py predict --model_name ssd photos/ 'more/**/*.png' --output_dir results/
+  # COCO results to evaluate with pycocotools, image ids from the ground truth's file names
+  python client.py predict --model_name ssd val2017/ --output_dir out/ \\
+      --format coco --coco_gt instances_val2017.json
+  # a Mask R-CNN model: masks drawn on the picture but left out of the JSON
+  python client.py predict --model_name mask_rcnn photo.jpg --no-masks --save_output_image true
   python client.py status --model_name ssd --wait 60
   python client.py metadata --server_url http://localhost:8501/v1/models/ssd
   # gRPC (port 8500): pixels travel as raw bytes, not JSON text
@@ -360,6 +374,32 @@ def cli() -> None:
 )
 @max_side_option
 @click.option(
+    "--masks/--no-masks",
+    default=True,
+    show_default=True,
+    help="Models with masks: write each detection's mask (COCO RLE) in the JSON and the COCO "
+    "results; --no-masks leaves them out to keep the files small (the picture still shows them).",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(OUTPUT_FORMATS),
+    default="json",
+    show_default=True,
+    help="json: the result document per photo; coco: a COCO results list (image_id, "
+    "category_id, bbox [x, y, w, h] in pixels, score, segmentation, keypoints) for "
+    "pycocotools' COCOeval, to --output_json (or stdout), or with --output_dir to "
+    f"OUTPUT_DIR/{COCO_RESULTS_NAME} beside the per-photo JSON.",
+)
+@click.option(
+    "--coco_gt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="GT.json",
+    help="--format coco: take each photo's image_id from this COCO annotations file (the "
+    "image whose file_name is the photo's path relative to the inputs' folder, else its base "
+    "name)  [default: 1..N in input order, listed in image_ids.json]",
+)
+@click.option(
     "--output_dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Many images: write NAME.json (and NAME_annotated.jpg) here, mirroring the input "
@@ -392,6 +432,9 @@ def predict(
     signature_name: str | None,
     raw: bool,
     max_side: int | None,
+    masks: bool,
+    output_format: str,
+    coco_gt: Path | None,
     output_dir: Path | None,
     workers: int,
     resume: bool,
@@ -413,12 +456,16 @@ def predict(
         input_range,
         keep_raw=raw,
         max_side=max_side,
+        keep_masks=masks,
     )
+    image_ids = coco_image_ids(output_format, coco_gt)
     if output_dir is None and names_one_file(inputs):
         if resume:
             raise click.UsageError("--resume needs --output_dir")
         image = Path(inputs[0])
-        predict_one(server, image, labels, options, output_json, save_output_image, output_image)
+        predict_one(
+            server, image, labels, options, output_json, save_output_image, output_image, image_ids
+        )
         return
     if output_dir is None:
         raise click.UsageError("several images (or a directory, or a glob) need --output_dir")
@@ -430,7 +477,22 @@ def predict(
     output_real = os.path.realpath(output_dir)  # resolve() raises on a symlink loop
     if any(Path(name).is_dir() and os.path.realpath(name) == output_real for name in inputs):
         raise click.UsageError("--output_dir must not be one of the input directories")
-    predict_many(server, inputs, labels, options, output_dir, save_output_image, workers, resume)
+    from object_detection.batch import BatchOptions  # threads and all: only for many images
+
+    batch = BatchOptions(output_dir, workers, save_output_image, resume)
+    predict_many(server, inputs, labels, options, batch, image_ids)
+
+
+def coco_image_ids(output_format: str, coco_gt: Path | None) -> ImageIds | None:
+    """With --format coco, where the photos' image ids come from (read now: a broken ground
+    truth stops the run before any request)."""
+    if output_format != "coco":
+        if coco_gt:
+            raise click.UsageError("--coco_gt goes with --format coco")
+        return None
+    from object_detection.coco import ImageIds
+
+    return ImageIds(coco_gt)
 
 
 def predict_one(
@@ -441,27 +503,38 @@ def predict_one(
     output_json: Path | None,
     save_output_image: bool,
     output_image: Path | None,
+    image_ids: ImageIds | None = None,
 ) -> None:
-    """The seed's single-image command: JSON to a file or stdout, a human summary."""
+    """The seed's single-image command: JSON to a file or stdout, a human summary. With
+    `image_ids` (--format coco) the JSON is the photo's COCO results."""
     from object_detection.pipeline import (
         RESULT_LAYOUT,
         annotated_image_path,
         detect,
         write_annotated_image,
-        write_json,
+        write_document,
     )
     from object_detection.strict_json import dumps_json
 
+    # The id first: a photo missing from the ground truth costs no request.
+    image_id = image_ids.assign(image_path, image_path) if image_ids else 0
     with server.client() as client:
         result = detect(client, image_path, labels, options)
     warn_if_unused(options.max_side, options.input_range, result.plan)
 
+    document, layout = result.to_json(), RESULT_LAYOUT
+    if image_ids:
+        from object_detection.coco import COCO_LAYOUT, coco_results, image_ids_path
+
+        document, layout = coco_results(image_id, document), COCO_LAYOUT
     # Without --output_json, stdout carries the JSON and the human summary goes to stderr.
     to_stderr = output_json is None
     if output_json is None:
-        click.echo(dumps_json(result.to_json(), RESULT_LAYOUT))
+        click.echo(dumps_json(document, layout))
     else:
-        write_json(result, output_json)
+        write_document(document, output_json, layout)
+        if image_ids and not image_ids.ground_truth:
+            write_coco_image_ids(image_ids, image_ids_path(output_json))
     if save_output_image or output_image:
         if output_image is None:
             output_image = (
@@ -496,19 +569,21 @@ def predict_many(
     inputs: list[str],
     labels: LabelMap,
     options: DetectOptions,
-    output_dir: Path,
-    save_image: bool,
-    workers: int,
-    resume: bool,
+    batch: BatchOptions,
+    image_ids: ImageIds | None = None,
 ) -> None:
-    """Every image through the server, `workers` at a time, with a progress bar on stderr."""
+    """Every image through the server, `workers` at a time, with a progress bar on stderr.
+    With `image_ids` (--format coco), OUTPUT_DIR/coco_results.json is made at the end from
+    the results of the inputs that are done."""
     from tqdm import tqdm
 
-    from object_detection.batch import SUMMARY_NAME, BatchOptions, BatchTally, run_batch
+    from object_detection.batch import SUMMARY_NAME, BatchTally, run_batch
+    from object_detection.coco import numbered
     from object_detection.inputs import iter_inputs
     from object_detection.plan import plan_for
 
-    batch = BatchOptions(output_dir, workers, save_image, resume)
+    output_dir, workers = batch.output_dir, batch.workers
+    done: set[str] = set()  # the inputs whose result is in OUTPUT_DIR (ok or skipped)
     total = sum(1 for _ in iter_inputs(inputs, exclude=output_dir))  # a walk, no image read
     with server.client(pool_size=workers) as client:
         # A server or model this client cannot use stops the run before the first image.
@@ -522,12 +597,16 @@ def predict_many(
                 error, name = record["error"], record["input"]
                 message = error if name in error else f"{name}: {error}"
                 progress.write(f"failed: {printable(message)}", sys.stderr)
+            else:
+                done.add(record["input"])
             counts = {"ok": tally.ok, "failed": tally.error, "skipped": tally.skipped}
             progress.set_postfix(counts, refresh=False)
             progress.update()
 
         try:
             images = iter_inputs(inputs, exclude=output_dir)
+            if image_ids:
+                images = numbered(images, image_ids)
             tally = run_batch(client, images, labels, options, batch, show)
         except KeyboardInterrupt:
             raise click.ClickException(
@@ -536,6 +615,8 @@ def predict_many(
             ) from None
         finally:
             progress.close()
+    if image_ids:
+        write_batch_coco(image_ids, done, batch)
     say(
         f"{tally.ok} done, {tally.error} failed, {tally.skipped} skipped (already done); "
         f"results in {output_dir}, every input's outcome in {output_dir / SUMMARY_NAME}",
@@ -543,6 +624,33 @@ def predict_many(
     )
     if tally.error:
         raise click.ClickException(f"{tally.error} of {total} images failed (see the summary)")
+
+
+def write_batch_coco(image_ids: ImageIds, done: set[str], batch: BatchOptions) -> None:
+    """OUTPUT_DIR/coco_results.json from the done inputs' result files (this run's and, with
+    --resume, earlier ones'), and image_ids.json when the ids are the run's own."""
+    from object_detection.coco import COCO_LAYOUT, IMAGE_IDS_NAME, results_from_files
+    from object_detection.inputs import BatchInput
+    from object_detection.pipeline import write_document
+
+    documents = [
+        (image.image_id, batch.json_path(BatchInput(image.path, image.name)))
+        for image in image_ids.images
+        if str(image.path) in done
+    ]
+    results_path = batch.output_dir / COCO_RESULTS_NAME
+    write_document(results_from_files(documents), results_path, COCO_LAYOUT)
+    if not image_ids.ground_truth:
+        write_coco_image_ids(image_ids, batch.output_dir / IMAGE_IDS_NAME)
+    say(f"COCO results: {results_path} ({len(documents)} images)", err=True)
+
+
+def write_coco_image_ids(image_ids: ImageIds, path: Path) -> None:
+    """Which photo each image id stands for, when the ids are the run's own (1..N)."""
+    from object_detection.coco import COCO_LAYOUT
+    from object_detection.pipeline import write_document
+
+    write_document(image_ids.id_map(), path, COCO_LAYOUT)
 
 
 def warn_if_unused(max_side: int | None, input_range: str, plan: Plan) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,10 @@ class Detection:
     box: tuple[float, float, float, float]  # normalized [ymin, xmin, ymax, xmax], within 0..1
     box_pixels: tuple[int, int, int, int]  # [ymin, xmin, ymax, xmax] in the image's pixels
     index: int = 0  # the detection's row in the model's outputs (its mask, its keypoints)
+    # Instance outputs, when the model gives them (object_detection.instances fills them in):
+    # a bool H x W array at the original image's size, and K x 3 (x_px, y_px, score) keypoints.
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
+    keypoints: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -176,7 +180,7 @@ def _detections(
 
 def _boxes(value: Any) -> np.ndarray:
     """N x 4 float64; an empty list is no boxes."""
-    boxes = _finite(BOXES, value)
+    boxes = finite_array(BOXES, value)
     if boxes.size == 0:
         return boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -189,7 +193,7 @@ def _boxes(value: Any) -> np.ndarray:
 
 def _column(name: str, value: Any) -> np.ndarray:
     """A flat list of N finite numbers, as float64."""
-    column = _finite(name, value)
+    column = finite_array(name, value)
     if column.ndim != 1:
         raise DetectionOutputError(
             f"{name} has shape {_shape(column)}, not a flat list of numbers; {_HINT}"
@@ -220,7 +224,7 @@ def _names(name: str, value: Any) -> list[str]:
 
 def _count(value: Any, available: int) -> int:
     """num_detections: one number >= 0, bare or in a 1-element list; at most `available`."""
-    count = _finite(COUNT, value)
+    count = finite_array(COUNT, value)
     if count.size != 1 or count.ravel()[0] < 0:
         raise DetectionOutputError(
             f"{COUNT} is {reprlib.repr(value)}, not one number >= 0 (or a list holding one); "
@@ -229,7 +233,7 @@ def _count(value: Any, available: int) -> int:
     return min(int(count.ravel()[0]), available)
 
 
-def _finite(name: str, value: Any) -> np.ndarray:
+def finite_array(name: str, value: Any) -> np.ndarray:
     """`value` (JSON numbers, in nested lists of even lengths) as a float64 array in which
     every value is finite; DetectionOutputError otherwise."""
     array = _numbers(name, value)

@@ -20,9 +20,10 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from object_detection.detections import Detection, parse_detections
+from object_detection.detections import Detection, first_instance, parse_detections
 from object_detection.errors import OutputError
 from object_detection.images import LoadedImage, load_image
+from object_detection.instances import attach_instances, detection_json, without_instance_outputs
 from object_detection.label_map import LabelMap
 from object_detection.options import DetectOptions
 from object_detection.plan import Plan, plan_for
@@ -49,6 +50,7 @@ class DetectionResult:
     sent_size: tuple[int, int]  # (width, height) the model saw: smaller with max_side
     timing_ms: dict[str, float] = field(default_factory=dict)
     raw_response: dict[str, Any] | None = None
+    keep_masks: bool = True  # masks in to_json() (COCO RLE); they are drawn either way
 
     @property
     def encoding(self) -> str:
@@ -73,7 +75,7 @@ class DetectionResult:
                 "sent_size": list(self.sent_size),
             },
             "timing_ms": self.timing_ms,
-            "detections": [detection.to_json() for detection in self.detections],
+            "detections": [detection_json(d, self.keep_masks) for d in self.detections],
         }
         if self.raw_response is not None:
             result["raw_response"] = self.raw_response
@@ -110,6 +112,9 @@ def detect(
         options.max_boxes,
         plan.unbatched,
     )
+    detections = attach_instances(
+        detections, first_instance(response, plan.unbatched), image.size, sent_size
+    )
     done = time.perf_counter()
     return DetectionResult(
         image=image,
@@ -126,7 +131,8 @@ def detect(
             "postprocess": _ms(done - answered),
             "total": _ms(done - started),
         },
-        raw_response=response if options.keep_raw else None,
+        raw_response=without_instance_outputs(response) if options.keep_raw else None,
+        keep_masks=options.keep_masks,
     )
 
 
@@ -164,7 +170,12 @@ def annotated_image_path(output_json: Path) -> Path:
 
 
 def write_json(result: DetectionResult, path: Path) -> None:
-    data = dumps_json(result.to_json(), RESULT_LAYOUT).encode() + b"\n"
+    write_document(result.to_json(), path)
+
+
+def write_document(document: Any, path: Path, layout: int | None = RESULT_LAYOUT) -> None:
+    """`document` as strict JSON (see dumps_json for `layout`), written atomically."""
+    data = dumps_json(document, layout).encode() + b"\n"
     _write_atomically(path, lambda file: file.write(data))
 
 

@@ -1,4 +1,5 @@
-"""Draw detections on the picture: a box, label and score per detection, one color per class.
+"""Draw detections on the picture: a box, label and score per detection, one color per class;
+masks as translucent fills and keypoints as dots (and limbs) in the box's color.
 
 Sizes follow the image (a 300 px thumbnail and a 4000 px photo both stay readable) and the
 label is kept inside the picture. The font is DejaVu Sans, which ships with matplotlib, so
@@ -13,11 +14,25 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from object_detection.detections import Detection
+from object_detection.instances import keypoint_visible
 
 _GOLDEN_RATIO = 0.618033988749895
+MASK_ALPHA = 0.4  # a mask's fill: the object stays visible through its color
+# COCO's person keypoints, in the order its annotations (and the OD API's exports) list them,
+# and its skeleton: the 19 limbs, as 1-based pairs of those keypoints (COCO's own numbering).
+COCO_PERSON_KEYPOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+COCO_PERSON_SKELETON = (
+    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
+    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
+)  # fmt: skip
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -48,15 +63,29 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Image.Image:
-    """A copy of `image` (RGB) with the detections drawn; the best score is drawn last, on top."""
+    """A copy of `image` (RGB) with the detections drawn; the best score is drawn last, on top.
+
+    Detections sharing a box (per-class NMS gives one box several labels) are one box with one
+    tag, "person: 56%, kite: 51%", best first, in the best label's color, as the TF Object
+    Detection API draws them. Masks (translucent fills) and keypoints go under the boxes and
+    tags, so that no label is hidden."""
     canvas = image.convert("RGB")  # convert() always copies: the caller's image stays clean
+    groups = _same_box_groups(detections)
+    for group in groups:
+        for detection in group:
+            if detection.mask is not None:
+                _fill_mask(canvas, detection.mask, class_color(group[0].class_id))
     draw = ImageDraw.Draw(canvas)
     width, height = canvas.size
     stroke = line_width(width, height)
     font = _font(font_size(width, height))
-    for detection in sorted(detections, key=lambda d: d.score):
-        color = class_color(detection.class_id)
-        ymin, xmin, ymax, xmax = detection.box_pixels
+    for group in groups:
+        for detection in group:
+            if detection.keypoints is not None:
+                _draw_keypoints(draw, detection.keypoints, class_color(group[0].class_id), stroke)
+    for group in groups:
+        color = class_color(group[0].class_id)
+        ymin, xmin, ymax, xmax = group[0].box_pixels
         box = (
             min(xmin, width - 1),
             min(ymin, height - 1),
@@ -64,8 +93,48 @@ def draw_detections(image: Image.Image, detections: Sequence[Detection]) -> Imag
             max(min(ymax, height) - 1, ymin),
         )
         draw.rectangle(box, outline=color, width=stroke)
-        _draw_label(draw, f"{detection.label}: {detection.score:.0%}", box, color, font, stroke)
+        text = ", ".join(f"{detection.label}: {detection.score:.0%}" for detection in group)
+        _draw_label(draw, text, box, color, font, stroke)
     return canvas
+
+
+def _same_box_groups(detections: Sequence[Detection]) -> list[list[Detection]]:
+    """Detections grouped by the box they are drawn at, each group best first, the groups in
+    drawing order: weakest best score first, so the best box ends up on top."""
+    groups: dict[tuple[int, int, int, int], list[Detection]] = {}
+    for detection in sorted(detections, key=lambda d: d.score, reverse=True):
+        groups.setdefault(detection.box_pixels, []).append(detection)
+    return sorted(groups.values(), key=lambda group: group[0].score)
+
+
+def _fill_mask(canvas: Image.Image, mask: np.ndarray, color: tuple[int, int, int]) -> None:
+    """Blend `color` into the mask's pixels at MASK_ALPHA, over the mask's bounding box only:
+    a hundred small masks on a 12 MP photo must not cost a hundred full-picture blends."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return
+    top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
+    inside = mask[top:bottom, left:right]
+    coverage = Image.fromarray(np.where(inside, round(MASK_ALPHA * 255), 0).astype(np.uint8))
+    canvas.paste(color, (int(left), int(top), int(right), int(bottom)), coverage)
+
+
+def _draw_keypoints(
+    draw: ImageDraw.ImageDraw, keypoints: np.ndarray, color: tuple[int, int, int], stroke: int
+) -> None:
+    """The keypoints the model is sure enough of as dots, and for COCO's 17 person keypoints
+    the limbs between two such dots."""
+    visible = [keypoint_visible(score) for score in keypoints[:, 2].tolist()]
+    points = [(x, y) for x, y in keypoints[:, :2].tolist()]
+    if len(points) == len(COCO_PERSON_KEYPOINTS):
+        for start, end in COCO_PERSON_SKELETON:
+            if visible[start - 1] and visible[end - 1]:
+                draw.line([points[start - 1], points[end - 1]], fill=color, width=stroke)
+    radius = stroke + 1
+    for (x, y), seen in zip(points, visible, strict=True):
+        if seen:
+            dot = (x - radius, y - radius, x + radius, y + radius)
+            draw.ellipse(dot, fill=color, outline=(255, 255, 255))
 
 
 def _draw_label(

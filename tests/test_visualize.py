@@ -1,11 +1,19 @@
 """Drawing: boxes where the detections are, nothing elsewhere, labels inside the picture."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from object_detection.detections import Detection
-from object_detection.visualize import class_color, draw_detections, font_size, line_width
+from object_detection.visualize import (
+    MASK_ALPHA,
+    class_color,
+    draw_detections,
+    font_size,
+    line_width,
+)
 
 GRAY = (128, 128, 128)
 
@@ -71,3 +79,41 @@ def test_font_is_matplotlibs_dejavu_sans():
     from object_detection.visualize import _font
 
     assert _font(20).getname() == ("DejaVu Sans", "Book")
+
+
+def test_labels_of_one_box_share_one_tag_best_first_in_its_color():
+    image = Image.new("RGB", (400, 300), GRAY)
+    box = (100, 120, 250, 350)
+    kite = detection(box, class_id=38, label="kite", score=0.51)
+    person = detection(box, class_id=1, label="person", score=0.56)
+    both = np.asarray(draw_detections(image, [kite, person]))
+    # The same picture as one detection labelled with both, best first, in the best's color.
+    tag = detection(box, class_id=1, label="person: 56%, kite", score=0.51)
+    assert np.array_equal(both, np.asarray(draw_detections(image, [tag])))
+    assert tuple(both[180, 120]) == class_color(1)  # the box drawn once, in the person's color
+    assert not np.any(np.all(both == class_color(38), axis=2))  # nothing in the kite's
+
+
+def test_masks_are_translucent_fills_in_the_box_color():
+    image = Image.new("RGB", (400, 300), GRAY)
+    box = (100, 120, 250, 350)
+    mask = np.zeros((300, 400), bool)
+    mask[150:200, 200:300] = True
+    drawn = np.asarray(draw_detections(image, [replace(detection(box), mask=mask)]), np.float64)
+    plain = np.asarray(draw_detections(image, [detection(box)]), np.float64)
+    expected = (1 - MASK_ALPHA) * np.array(GRAY) + MASK_ALPHA * np.array(class_color(18))
+    assert np.abs(drawn[mask] - expected).max() <= 1  # the fill, the gray still showing through
+    assert np.array_equal(drawn[~mask], plain[~mask])  # outside the mask: only box and tag
+
+
+def test_keypoints_as_dots_and_coco_limbs():
+    image = Image.new("RGB", (400, 300), GRAY)
+    box = (0, 0, 300, 400)
+    # COCO's 17 points on a vertical line; the nose scores too low to be drawn.
+    points = np.array([[200.0, 20 + 15 * k, 0.9] for k in range(17)])
+    points[0, 2] = 0.1
+    drawn = changed(image, draw_detections(image, [replace(detection(box), keypoints=points)]))
+    assert drawn[int(points[16, 1]), 200] and drawn[int(points[8, 1]), 200]  # dots
+    assert drawn[int(points[13, 1]) + 7, 200]  # the limb from the left knee to the left ankle
+    assert not drawn[int(points[0, 1]), 200 - 1 : 200 + 2].any()  # the unsure nose: no dot
+    assert not drawn[60:290, 100].any() and not drawn[60:290, 300].any()  # nothing else
