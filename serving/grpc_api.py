@@ -1,13 +1,14 @@
-"""TF Serving's gRPC API (PredictionService, ModelService) over the REST API's loaded model.
+"""TF Serving's gRPC API (PredictionService, ModelService) over the REST API's models.
 
-The same `RestApi` object serves both ports: its `.model` (replaced whole when a new version
-loads) is read once per call, its executor runs the model, and its lookup helpers give the same
-NOT_FOUND wording for an unknown model or version. What gRPC does differently follows TF
-Serving's C++ (predict_impl.cc, predict_util.cc, saved_model/util.cc, get_model_metadata_impl.cc,
-get_model_status_impl.cc): an unknown signature is FAILED_PRECONDITION, the inputs are checked
-against the signature before the model runs (count, names, dtypes), the client's deadline bounds
-the model call, and answers carry their values in the typed fields (`float_val`...), as
-TF Serving's Tensor::AsProtoField writes them and as clients that read `.float_val` expect.
+The same `RestApi` object serves both ports: its `.models` (the ModelManager) gives the model
+version once per call, with the same NOT_FOUND / INVALID_ARGUMENT wording as over REST, its
+executor runs the model, and its metrics count Predict calls as TF Serving's do. What gRPC
+does differently follows TF Serving's C++ (predict_impl.cc, predict_util.cc, saved_model/util.cc,
+get_model_metadata_impl.cc, get_model_status_impl.cc): an unknown signature is
+FAILED_PRECONDITION, the inputs are checked against the signature before the model runs (count,
+names, dtypes), the client's deadline bounds the model call, and answers carry their values in
+the typed fields (`float_val`...), as TF Serving's Tensor::AsProtoField writes them and as
+clients that read `.float_val` expect.
 
 The messages are the project's own (`tfserving.protos`, TF Serving's field numbers and types,
 so its bytes), with the client's tensor codec (`tfserving.tensors`): the server needs neither
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -34,6 +36,7 @@ from google.protobuf import json_format
 from serving.errors import ServingError, StatusError, invalid_argument
 from serving.json_tensor import dtype_string
 from serving.model import ServedModel
+from serving.model_manager import ModelManager
 from serving.rest_api import RestApi, find_servable, model_status
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
 from tfserving.grpc_client import (
@@ -86,13 +89,23 @@ class PredictionService:
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        model = _requested(self.api.model, request)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = model.meta_graph.signature_def.get(signature_name)
-        if signature is None:
-            raise StatusError(
-                "FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.'
-            )
+        """The call, counted and timed by model name and status (TF Serving's Predict)."""
+        start, code = time.perf_counter(), "INTERNAL"  # unless it ends otherwise
+        try:
+            response = self._predict(request, context)
+            code = "OK"
+            return response
+        except StatusError as e:
+            code = e.code
+            raise
+        finally:
+            self.api.metrics.record_request(request.model_spec.name, "Predict", "GRPC", code, start)
+
+    def _predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        model = _requested(self.api.models, request)
+        signature_name, signature = predict_signature(model, request)
         inputs = input_tensors(signature, request.inputs)
         aliases = output_aliases(signature, request.output_filter)
         outputs = self._run(model, signature_name, inputs, context.time_remaining())
@@ -108,7 +121,6 @@ class PredictionService:
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        model = self.api.model
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         if not request.metadata_field:
@@ -119,7 +131,7 @@ class PredictionService:
             if field != SIGNATURE_DEF:
                 # TF Serving's StrCat leaves the "%s" in and appends the field: its wording.
                 raise invalid_argument(f"Metadata field %s is not supported{field}")
-        model = find_servable(model, *model_spec(request.model_spec))
+        model = find_servable(self.api.models, *model_spec(request.model_spec))
         signatures = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in model.meta_graph.signature_def.items():
             # TensorFlow's SignatureDef and ours are one wire format: copied by its bytes.
@@ -141,7 +153,7 @@ class PredictionService:
     ) -> dict[str, np.ndarray]:
         """The model call on the REST API's executor, bounded by the client's deadline (TF
         Serving's RunOptions timeout); past it, the result is dropped as the call has ended."""
-        future = self.api.executor.submit(model.run, signature_name, inputs)
+        future = self.api.submit_run(model, "Predict", signature_name, inputs)
         try:
             return future.result(timeout=seconds_left)
         except FutureTimeout:
@@ -149,8 +161,8 @@ class PredictionService:
 
 
 class ModelService:
-    """GetModelStatus; HandleReloadConfigRequest is not registered (no model config file), so
-    grpc answers it UNIMPLEMENTED."""
+    """GetModelStatus; HandleReloadConfigRequest is not registered (the config file is re-read
+    with --model_config_file_poll_wait_seconds instead), so grpc answers it UNIMPLEMENTED."""
 
     def __init__(self, api: RestApi) -> None:
         self.api = api
@@ -163,7 +175,7 @@ class ModelService:
             raise invalid_argument("Missing ModelSpec")
         name, version, _ = model_spec(request.model_spec)  # labels are ignored, as over REST
         # The REST answer: the same checks, the same text.
-        answer = model_status(self.api.model, name, version)
+        answer = model_status(self.api.models, name, version)
         return json_format.Parse(answer, get_model_status_pb2.GetModelStatusResponse())
 
 
@@ -174,11 +186,23 @@ def model_spec(spec: Any) -> tuple[str, int | None, str | None]:
     return spec.name, version, spec.version_label if choice == "version_label" else None
 
 
-def _requested(model: ServedModel, request: Any) -> ServedModel:
-    """The loaded model if the request names it (ServerCore::GetServableHandle's wording)."""
+def _requested(models: ModelManager, request: Any) -> ServedModel:
+    """The model version the request names (ServerCore::GetServableHandle's wording)."""
     if not request.HasField("model_spec"):
         raise invalid_argument("Missing ModelSpec")
-    return find_servable(model, *model_spec(request.model_spec))
+    return find_servable(models, *model_spec(request.model_spec))
+
+
+def predict_signature(model: ServedModel, request: Any) -> tuple[str, Any]:
+    """(name, SignatureDef) of the signature a PredictRequest names (default: serving_default);
+    an unknown one is FAILED_PRECONDITION, TF Serving's code for it over gRPC."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = model.meta_graph.signature_def.get(signature_name)
+    if signature is None:
+        raise StatusError(
+            "FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.'
+        )
+    return signature_name, signature
 
 
 def input_tensors(signature: Any, inputs: Any) -> dict[str, np.ndarray]:

@@ -288,6 +288,8 @@ class RestServer:
                 status, error, close = 499, "the client went away before the answer", True
                 payload = error_json(error)
             response = _json_response(status, payload)
+            if status == 200:  # the metrics page is text
+                response.headers["Content-Type"] = self.api.content_type(request.raw_path)
             if close or self.stopping:
                 response.force_close()
             transport = request.transport
