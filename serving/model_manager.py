@@ -190,12 +190,14 @@ class ModelManager:
         try:
             model = self._load(name, version, path)
         except Exception as e:  # any broken SavedModel: one line, the rest keeps serving
-            message = first_line(str(e) or type(e).__name__)
-            self._set_state(name, version, VersionState("END", error_code_of(e), message))
+            code = error_code_of(e)
+            message = e.message if isinstance(e, StatusError) else first_line(str(e))
+            message = message or type(e).__name__
+            self._set_state(name, version, VersionState("END", code, message))
             if startup:
                 raise ServingError(
                     f"1 model(s) did not become available: {{name: {name} version: "
-                    f"{version}}} due to error: {message}"
+                    f"{version}}} due to error: {code}: {message}"
                 ) from None
             served = sorted(self._served.get(name, {}))
             log.error(

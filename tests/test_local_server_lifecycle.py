@@ -116,6 +116,9 @@ def test_a_new_version_dir_is_picked_up_while_serving(tmp_path) -> None:
         # A broken new version is reported and the old one kept.
         wait_for_log(server, "Loading servable version {name: polled version: 3} failed: ")
         assert "still serving versions [1]" in server.stderr()
+        [failed] = requests.get(server.model_url + "/versions/3").json()["model_version_status"]
+        assert failed["state"] == "END"  # with the load's error, as TF Serving reports it
+        assert failed["status"]["error_code"] != "OK" and failed["status"]["error_message"]
         assert requests.post(server.predict_url, json=b64_request(IMAGE1)).status_code == 200
 
         (tmp_path / "4").symlink_to(ENCODED_MODEL / "1")
