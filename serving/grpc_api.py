@@ -37,7 +37,7 @@ from serving.errors import ServingError, StatusError, invalid_argument
 from serving.json_tensor import dtype_string
 from serving.model import ServedModel
 from serving.model_manager import ModelManager
-from serving.rest_api import RestApi, find_servable, model_status
+from serving.rest_api import RestApi, model_status
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
 from tfserving.grpc_client import (
     GET_MODEL_METADATA,
@@ -131,7 +131,7 @@ class PredictionService:
             if field != SIGNATURE_DEF:
                 # TF Serving's StrCat leaves the "%s" in and appends the field: its wording.
                 raise invalid_argument(f"Metadata field %s is not supported{field}")
-        model = find_servable(self.api.models, *model_spec(request.model_spec))
+        model = self.api.models.find(*model_spec(request.model_spec))
         signatures = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in model.meta_graph.signature_def.items():
             # TensorFlow's SignatureDef and ours are one wire format: copied by its bytes.
@@ -190,7 +190,7 @@ def _requested(models: ModelManager, request: Any) -> ServedModel:
     """The model version the request names (ServerCore::GetServableHandle's wording)."""
     if not request.HasField("model_spec"):
         raise invalid_argument("Missing ModelSpec")
-    return find_servable(models, *model_spec(request.model_spec))
+    return models.find(*model_spec(request.model_spec))  # a label as sent: no URL decoding
 
 
 def predict_signature(model: ServedModel, request: Any) -> tuple[str, Any]:

@@ -354,18 +354,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     reuse_freed_memory()
-    try:
-        check_flags(args)
-    except ServingError as e:
-        print(f"local_server: error: {e}", file=sys.stderr)
-        return 2
     # Imported here so that --help is instant: TensorFlow takes seconds to import.
     from serving.grpc_api import GrpcServer, parse_channel_arguments
     from serving.metrics import ServingMetrics
     from serving.model_config import read_prometheus_path
     from serving.rest_api import RestApi
 
-    try:  # every file and flag read before a model loads
+    try:  # every flag and file checked before a model loads
+        check_flags(args)
         channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
         metrics_path = args.monitoring_config_file and read_prometheus_path(
             args.monitoring_config_file

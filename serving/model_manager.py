@@ -114,9 +114,6 @@ class ModelManager:
             "model_version_status": [states[v].to_json(v) for v in sorted(states, reverse=True)]
         }
 
-    def names(self) -> list[str]:
-        return sorted(self._settings)
-
     # ---- updates (one at a time) --------------------------------------------------------------
 
     def configure(self, models: Iterable[ModelSettings], startup: bool = False) -> None:

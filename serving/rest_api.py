@@ -77,7 +77,8 @@ class RestApi:
             log.exception("internal error on %s %s", method, path)
             status, code = 500, "INTERNAL"
             answer = json_tensor.error_json(f"Internal error: {type(e).__name__}: {e}")
-        self.metrics.record_request(info.model_name, info.api, "REST", code, start)
+        if API_PATH.fullmatch(path):  # what TF Serving's REST handler sees, and counts
+            self.metrics.record_request(info.model_name, info.api, "REST", code, start)
         return status, answer
 
     def content_type(self, path: str) -> str:
