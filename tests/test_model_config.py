@@ -76,7 +76,8 @@ def server(paths):
                 paths["pixels"],
                 "model_version_policy { all {} } "
                 'version_labels { key: "stable" value: 1 } '
-                'version_labels { key: "canary" value: 2 }',
+                'version_labels { key: "canary" value: 2 } '
+                'version_labels { key: "future" value: 9 }',
             ),
             model_text("encoded", paths["encoded"]),
         )
@@ -172,6 +173,11 @@ def test_labels_name_their_versions_over_rest_and_grpc(server, channel) -> None:
     assert canary.status_code == 200
     assert grpc_predict(channel, "pixels", label="stable").model_spec.version.value == 1
     assert grpc_predict(channel, "pixels", label="canary").model_spec.version.value == 2
+
+    # Allowed by --allow_version_labels_for_unavailable_models: a label ahead of its version.
+    future = requests.post(url(server, "pixels/labels/future:predict"), json=PIXELS)
+    assert future.status_code == 404
+    assert future.json() == {"error": "Servable not found for request: Specific(pixels, 9)"}
 
     unknown = requests.post(url(server, "pixels/labels/beta:predict"), json=PIXELS)
     assert unknown.status_code == 400
