@@ -60,7 +60,10 @@ class Poller(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
-            self.poll()
+            try:
+                self.poll()
+            except Exception as e:  # an unreadable directory, say: the next poll tries again
+                log.error("%s: %s: %s", self.name, type(e).__name__, e)
 
 
 def parse_bool(text: str) -> bool:

@@ -94,7 +94,7 @@ class RestApi:
             # TF Serving has no handler there: a bare 404 (we still answer in its JSON form).
             raise not_found(f"Not found: {path}; the REST API is under /v1/models/")
         malformed = invalid_argument(f"Malformed request: {method} {path}")
-        models = self.models
+        models = self.models  # the manager: each lookup gives one version for the request
         if method == "POST":
             match = PREDICT_PATH.fullmatch(path)
             if not match:
