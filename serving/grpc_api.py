@@ -36,6 +36,7 @@ from google.protobuf import json_format
 from serving.errors import ServingError, StatusError, invalid_argument
 from serving.json_tensor import dtype_string
 from serving.model import ServedModel
+from serving.model_config import model_list
 from serving.model_manager import ModelManager
 from serving.rest_api import RestApi, model_status
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
@@ -48,6 +49,7 @@ from tfserving.grpc_client import (
 from tfserving.protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     predict_pb2,
     types_pb2,
 )
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 DEFAULT_MAX_CONNECTION_AGE_GRACE_S = 30.0
 SIGNATURE_DEF = "signature_def"
+HANDLE_RELOAD_CONFIG = "/tensorflow.serving.ModelService/HandleReloadConfigRequest"
 
 
 def answered(method: Callable) -> Callable:
@@ -161,8 +164,8 @@ class PredictionService:
 
 
 class ModelService:
-    """GetModelStatus; HandleReloadConfigRequest is not registered (the config file is re-read
-    with --model_config_file_poll_wait_seconds instead), so grpc answers it UNIMPLEMENTED."""
+    """GetModelStatus, and HandleReloadConfigRequest: a new model config list, taken as a
+    re-read --model_config_file is (models added, removed, policies and labels changed)."""
 
     def __init__(self, api: RestApi) -> None:
         self.api = api
@@ -177,6 +180,24 @@ class ModelService:
         # The REST answer: the same checks, the same text.
         answer = model_status(self.api.models, name, version)
         return json_format.Parse(answer, get_model_status_pb2.GetModelStatusResponse())
+
+    @answered
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: Any
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """ModelServiceImpl::HandleReloadConfigRequest: a config that can't be taken is the
+        call's error (and changes nothing); one taken answers an OK status."""
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                "ModelConfigList is currently supported"
+            )
+        try:
+            self.api.models.configure(model_list(request.config.model_config_list))
+        except StatusError as e:
+            log.error("ReloadConfig failed: %s", e.message)
+            raise
+        return model_management_pb2.ReloadConfigResponse()  # status: OK, the default
 
 
 def model_spec(spec: Any) -> tuple[str, int | None, str | None]:
@@ -361,7 +382,10 @@ class GrpcServer:
                 ),
                 _handlers(
                     ModelService(api),
-                    {GET_MODEL_STATUS: get_model_status_pb2.GetModelStatusRequest},
+                    {
+                        GET_MODEL_STATUS: get_model_status_pb2.GetModelStatusRequest,
+                        HANDLE_RELOAD_CONFIG: model_management_pb2.ReloadConfigRequest,
+                    },
                 ),
             ]
         )

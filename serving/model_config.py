@@ -63,12 +63,17 @@ def read_text_proto(path: Path, message):
 def read_model_config(path: Path) -> list[ModelSettings]:
     """The models of a --model_config_file, validated as ServerCore::ReloadConfig does."""
     config = read_text_proto(path, model_server_config_pb2.ModelServerConfig())
-    choice = config.WhichOneof("config")
-    if choice == "custom_model_config":
+    if config.WhichOneof("config") == "custom_model_config":
         raise ServingError("ModelServer does not yet support custom model config.")
+    return model_list(config.model_config_list)
+
+
+def model_list(config_list: model_server_config_pb2.ModelConfigList) -> list[ModelSettings]:
+    """A ModelConfigList's models (ValidateModelConfigList: each name once, absolute base
+    paths, the TensorFlow platform)."""
     names: set[str] = set()
     models = []
-    for model in config.model_config_list.config:
+    for model in config_list.config:
         if model.name in names:
             raise invalid_argument(
                 f"Illegal to list model {model.name} multiple times in config list"

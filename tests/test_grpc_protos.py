@@ -21,6 +21,7 @@ from tensorflow.core.framework import types_pb2 as tf_types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2 as tf_meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2 as tfs_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2 as tfs_status_pb2
+from tensorflow_serving.apis import model_management_pb2 as tfs_management_pb2
 from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2 as tfs_log_pb2
 from tensorflow_serving.config import model_server_config_pb2 as tfs_config_pb2
@@ -31,6 +32,7 @@ from tfserving.protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     meta_graph_pb2,
+    model_management_pb2,
     model_server_config_pb2,
     predict_pb2,
     prediction_log_pb2,
@@ -52,6 +54,8 @@ PAIRS = [
     (meta_graph_pb2.SignatureDef, tf_meta_graph_pb2.SignatureDef),
     (model_server_config_pb2.ModelServerConfig, tfs_config_pb2.ModelServerConfig),
     (prediction_log_pb2.PredictionLog, tfs_log_pb2.PredictionLog),
+    (model_management_pb2.ReloadConfigRequest, tfs_management_pb2.ReloadConfigRequest),
+    (model_management_pb2.ReloadConfigResponse, tfs_management_pb2.ReloadConfigResponse),
 ]
 
 

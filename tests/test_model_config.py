@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
+from google.protobuf import text_format
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import (
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -342,6 +344,44 @@ def test_a_changed_config_file_adds_and_removes_models(tmp_path) -> None:
             server,
         )
         assert requests.post(url(server, "second:predict"), json=PIXELS).status_code == 200
+
+
+def reload_request(text: str) -> model_management_pb2.ReloadConfigRequest:
+    request = model_management_pb2.ReloadConfigRequest()
+    text_format.Parse(text, request.config)
+    return request
+
+
+def test_handle_reload_config_request_swaps_the_models(tmp_path) -> None:
+    """The gRPC way to send a new config (official stubs), with TF Serving's refusals."""
+    encoded = base_path(tmp_path, "encoded", {1: ENCODED_MODEL / "1"})
+    pixels = base_path(tmp_path, "pixels", {1: PIXEL_MODEL / "1"})
+    config = tmp_path / "models.config"
+    config.write_text(config_text(model_text("first", encoded)))
+    with (
+        LocalServer(None, extra_args=[f"--model_config_file={config}"]) as server,
+        grpc.insecure_channel(server.grpc_target) as channel,
+    ):
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        duplicate = config_text(model_text("a", pixels), model_text("a", pixels))
+        with pytest.raises(grpc.RpcError) as error:
+            stub.HandleReloadConfigRequest(reload_request(duplicate), timeout=60)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details() == "Illegal to list model a multiple times in config list"
+        custom = model_management_pb2.ReloadConfigRequest()
+        custom.config.custom_model_config.type_url = "type.googleapis.com/x"
+        with pytest.raises(grpc.RpcError) as error:
+            stub.HandleReloadConfigRequest(custom, timeout=60)
+        assert "Only ModelConfigList is currently supported" in error.value.details()
+        assert requests.get(url(server, "first")).status_code == 200  # nothing changed
+
+        answer = stub.HandleReloadConfigRequest(
+            reload_request(config_text(model_text("second", pixels))), timeout=120
+        )
+        assert answer.status.error_code == 0
+        # The call returns once the new models are loaded, as TF Serving's does.
+        assert requests.post(url(server, "second:predict"), json=PIXELS).status_code == 200
+        assert requests.post(url(server, "first:predict"), json=PIXELS).status_code == 404
 
 
 # ---- start-up errors -------------------------------------------------------------------------
