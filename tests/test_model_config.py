@@ -447,3 +447,12 @@ def test_no_model_at_all_is_tf_servings_error() -> None:
         "Both server_options.model_base_path and server_options.model_config_file are empty!"
         in result.stderr
     )
+
+
+def test_a_bad_monitoring_config_file_is_one_line(tmp_path) -> None:
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text("prometheus_config { enable: yes please }\n")
+    result = run_cli(f"--model_base_path={ENCODED_MODEL}", f"--monitoring_config_file={monitoring}")
+    assert result.returncode == 2
+    assert f"Invalid protobuf file: '{monitoring}'" in result.stderr
+    assert "Traceback" not in result.stderr
