@@ -280,13 +280,14 @@ def regression_json(result: np.ndarray) -> bytes:
 class Task:
     """What differs between Classify and Regress."""
 
+    api: str  # the API's name, as the metrics label it
     check: Callable[[Any], None]
     result: Callable[[Mapping[str, np.ndarray], int], Any]
     to_json: Callable[[Any], bytes]
 
 
-CLASSIFY = Task(_check_classification, classification_result, classification_json)
-REGRESS = Task(_check_regression, regression_result, regression_json)
+CLASSIFY = Task("Classify", _check_classification, classification_result, classification_json)
+REGRESS = Task("Regress", _check_regression, regression_result, regression_json)
 TASKS = {"classify": CLASSIFY, "regress": REGRESS}
 
 

@@ -1,15 +1,15 @@
-"""TF Serving's gRPC API (PredictionService, ModelService) over the REST API's loaded model.
+"""TF Serving's gRPC API (PredictionService, ModelService) over the REST API's models.
 
-The same `RestApi` object serves both ports: its `.model` (replaced whole when a new version
-loads) is read once per call, its executor runs the model, and its lookup helpers give the same
-NOT_FOUND wording for an unknown model or version. What gRPC does differently follows TF
-Serving's C++ (predict_impl.cc, predict_util.cc, saved_model/util.cc, get_model_metadata_impl.cc,
-get_model_status_impl.cc): an unknown signature is FAILED_PRECONDITION, the inputs are checked
-against the signature before the model runs (count, names, dtypes), the client's deadline bounds
-the model call, and answers carry their values in the typed fields (`float_val`...), as
-TF Serving's Tensor::AsProtoField writes them and as clients that read `.float_val` expect.
-Classify and Regress share their checks and results with REST's :classify and :regress
-(serving/classify.py).
+The same `RestApi` object serves both ports: its `.models` (the ModelManager) gives the model
+version once per call, with the same NOT_FOUND / INVALID_ARGUMENT wording as over REST, its
+executor runs the model, and its metrics count Predict calls as TF Serving's do. What gRPC
+does differently follows TF Serving's C++ (predict_impl.cc, predict_util.cc, saved_model/util.cc,
+get_model_metadata_impl.cc, get_model_status_impl.cc): an unknown signature is
+FAILED_PRECONDITION, the inputs are checked against the signature before the model runs (count,
+names, dtypes), the client's deadline bounds the model call, and answers carry their values in
+the typed fields (`float_val`...), as TF Serving's Tensor::AsProtoField writes them and as
+clients that read `.float_val` expect. Classify and Regress share their checks and results
+with REST's :classify and :regress (serving/classify.py).
 
 The messages are the project's own (`tfserving.protos`, TF Serving's field numbers and types,
 so its bytes), with the client's tensor codec (`tfserving.tensors`): the server needs neither
@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -37,7 +38,9 @@ from serving import classify
 from serving.errors import ServingError, StatusError, invalid_argument
 from serving.json_tensor import dtype_string
 from serving.model import ServedModel
-from serving.rest_api import RestApi, find_servable, model_status
+from serving.model_config import model_list
+from serving.model_manager import ModelManager
+from serving.rest_api import RestApi, model_status
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
 from tfserving.grpc_client import (
     CLASSIFY,
@@ -51,6 +54,7 @@ from tfserving.protos import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     predict_pb2,
     regression_pb2,
     types_pb2,
@@ -63,6 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 DEFAULT_MAX_CONNECTION_AGE_GRACE_S = 30.0
 SIGNATURE_DEF = "signature_def"
+HANDLE_RELOAD_CONFIG = "/tensorflow.serving.ModelService/HandleReloadConfigRequest"
 
 
 def answered(method: Callable) -> Callable:
@@ -93,13 +98,27 @@ class PredictionService:
     def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        model = _requested(self.api.model, request)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = model.meta_graph.signature_def.get(signature_name)
-        if signature is None:
-            raise StatusError(
-                "FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.'
-            )
+        return self._counted("Predict", request, lambda: self._predict(request, context))
+
+    def _counted(self, api: str, request: Any, call: Callable[[], Any]) -> Any:
+        """The call, counted and timed by model name and status, as TF Serving's metrics count
+        Predict, Classify and Regress."""
+        start, code = time.perf_counter(), "INTERNAL"  # unless it ends otherwise
+        try:
+            response = call()
+            code = "OK"
+            return response
+        except StatusError as e:
+            code = e.code
+            raise
+        finally:
+            self.api.metrics.record_request(request.model_spec.name, api, "GRPC", code, start)
+
+    def _predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        model = _requested(self.api.models, request)
+        signature_name, signature = predict_signature(model, request)
         inputs = input_tensors(signature, request.inputs)
         aliases = output_aliases(signature, request.output_filter)
         outputs = self._run(model, signature_name, inputs, context.time_remaining())
@@ -115,6 +134,11 @@ class PredictionService:
     def Classify(
         self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
+        return self._counted("Classify", request, lambda: self._classify(request, context))
+
+    def _classify(
+        self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
         model, signature_name, result = self._run_task(classify.CLASSIFY, request, context)
         response = classification_pb2.ClassificationResponse()
         _answering(response.model_spec, request, model, signature_name)
@@ -126,6 +150,11 @@ class PredictionService:
 
     @answered
     def Regress(
+        self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        return self._counted("Regress", request, lambda: self._regress(request, context))
+
+    def _regress(
         self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
     ) -> regression_pb2.RegressionResponse:
         model, signature_name, result = self._run_task(classify.REGRESS, request, context)
@@ -140,19 +169,18 @@ class PredictionService:
     ) -> tuple[ServedModel, str, Any]:
         """(model, signature name, result) of a Classify or Regress request, checked in TF
         Serving's order: ModelSpec, servable, signature, examples."""
-        model = _requested(self.api.model, request)
+        model = _requested(self.api.models, request)
         examples = classify.examples_from_input(request.input)
         signature_name, inputs = classify.model_input(
             task, model, request.model_spec.signature_name, examples
         )
-        outputs = self._run(model, signature_name, inputs, context.time_remaining())
+        outputs = self._run(model, signature_name, inputs, context.time_remaining(), task.api)
         return model, signature_name, task.result(outputs, len(examples))
 
     @answered
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        model = self.api.model
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         if not request.metadata_field:
@@ -163,7 +191,7 @@ class PredictionService:
             if field != SIGNATURE_DEF:
                 # TF Serving's StrCat leaves the "%s" in and appends the field: its wording.
                 raise invalid_argument(f"Metadata field %s is not supported{field}")
-        model = find_servable(model, *model_spec(request.model_spec))
+        model = self.api.models.find(*model_spec(request.model_spec))
         signatures = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in model.meta_graph.signature_def.items():
             # TensorFlow's SignatureDef and ours are one wire format: copied by its bytes.
@@ -182,10 +210,11 @@ class PredictionService:
         signature_name: str,
         inputs: dict[str, np.ndarray],
         seconds_left: float | None,
+        api: str = "Predict",
     ) -> dict[str, np.ndarray]:
         """The model call on the REST API's executor, bounded by the client's deadline (TF
         Serving's RunOptions timeout); past it, the result is dropped as the call has ended."""
-        future = self.api.executor.submit(model.run, signature_name, inputs)
+        future = self.api.submit_run(model, api, signature_name, inputs)
         try:
             return future.result(timeout=seconds_left)
         except FutureTimeout:
@@ -193,8 +222,8 @@ class PredictionService:
 
 
 class ModelService:
-    """GetModelStatus; HandleReloadConfigRequest is not registered (no model config file), so
-    grpc answers it UNIMPLEMENTED."""
+    """GetModelStatus, and HandleReloadConfigRequest: a new model config list, taken as a
+    re-read --model_config_file is (models added, removed, policies and labels changed)."""
 
     def __init__(self, api: RestApi) -> None:
         self.api = api
@@ -207,8 +236,26 @@ class ModelService:
             raise invalid_argument("Missing ModelSpec")
         name, version, _ = model_spec(request.model_spec)  # labels are ignored, as over REST
         # The REST answer: the same checks, the same text.
-        answer = model_status(self.api.model, name, version)
+        answer = model_status(self.api.models, name, version)
         return json_format.Parse(answer, get_model_status_pb2.GetModelStatusResponse())
+
+    @answered
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: Any
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """ModelServiceImpl::HandleReloadConfigRequest: a config that can't be taken is the
+        call's error (and changes nothing); one taken answers an OK status."""
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                "ModelConfigList is currently supported"
+            )
+        try:
+            self.api.models.configure(model_list(request.config.model_config_list))
+        except StatusError as e:
+            log.error("ReloadConfig failed: %s", e.message)
+            raise
+        return model_management_pb2.ReloadConfigResponse()  # status: OK, the default
 
 
 def _answering(spec: Any, request: Any, model: ServedModel, signature_name: str) -> None:
@@ -225,11 +272,23 @@ def model_spec(spec: Any) -> tuple[str, int | None, str | None]:
     return spec.name, version, spec.version_label if choice == "version_label" else None
 
 
-def _requested(model: ServedModel, request: Any) -> ServedModel:
-    """The loaded model if the request names it (ServerCore::GetServableHandle's wording)."""
+def _requested(models: ModelManager, request: Any) -> ServedModel:
+    """The model version the request names (ServerCore::GetServableHandle's wording)."""
     if not request.HasField("model_spec"):
         raise invalid_argument("Missing ModelSpec")
-    return find_servable(model, *model_spec(request.model_spec))
+    return models.find(*model_spec(request.model_spec))  # a label as sent: no URL decoding
+
+
+def predict_signature(model: ServedModel, request: Any) -> tuple[str, Any]:
+    """(name, SignatureDef) of the signature a PredictRequest names (default: serving_default);
+    an unknown one is FAILED_PRECONDITION, TF Serving's code for it over gRPC."""
+    signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+    signature = model.meta_graph.signature_def.get(signature_name)
+    if signature is None:
+        raise StatusError(
+            "FAILED_PRECONDITION", f'Serving signature key "{signature_name}" not found.'
+        )
+    return signature_name, signature
 
 
 def input_tensors(signature: Any, inputs: Any) -> dict[str, np.ndarray]:
@@ -390,7 +449,10 @@ class GrpcServer:
                 ),
                 _handlers(
                     ModelService(api),
-                    {GET_MODEL_STATUS: get_model_status_pb2.GetModelStatusRequest},
+                    {
+                        GET_MODEL_STATUS: get_model_status_pb2.GetModelStatusRequest,
+                        HANDLE_RELOAD_CONFIG: model_management_pb2.ReloadConfigRequest,
+                    },
                 ),
             ]
         )

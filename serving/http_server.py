@@ -309,6 +309,8 @@ class RestServer:
             response = _json_response(status, payload)
             if self.cors and _is_api_path(request.raw_path):
                 response.headers.update(CORS_HEADERS)
+            if status == 200:  # the metrics page is text
+                response.headers["Content-Type"] = self.api.content_type(request.raw_path)
             if close or self.stopping:
                 response.force_close()
             transport = request.transport

@@ -23,13 +23,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from serving.errors import ServingError
 from serving.http_server import Limits, RestServer
 from serving.memory import reuse_freed_memory
-from tfserving.conventions import GRPC_PORT
+from tfserving.conventions import GRPC_PORT, SERVE_TAGS
+from tfserving.errors import SidecarError
 
 log = logging.getLogger("serving.local_server")
 
@@ -47,50 +49,31 @@ EPILOG = """examples:
 """
 
 
-class VersionWatcher(threading.Thread):
-    """Serves a new latest version once it appears under the base path, like TF Serving's file
-    system polling: the new version is loaded beside the old, then takes over for new requests
-    (requests in flight finish on the old one)."""
+class Poller(threading.Thread):
+    """Calls `poll` every `interval_s` seconds until stopped: the file system's new versions
+    (--file_system_poll_wait_seconds) and the model config file (its own poll wait)."""
 
-    def __init__(self, api, base_path: Path, interval_s: float) -> None:
-        super().__init__(name="version-watcher", daemon=True)
-        self.api, self.base_path, self.interval_s = api, base_path, interval_s
+    def __init__(self, name: str, poll: Callable[[], None], interval_s: float) -> None:
+        super().__init__(name=name, daemon=True)
+        self.poll, self.interval_s = poll, interval_s
         self.stopped = threading.Event()
-        self._failed_version: int | None = None
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
-            self.poll()
+            try:
+                self.poll()
+            except Exception as e:  # an unreadable directory, say: the next poll tries again
+                log.error("%s: %s: %s", self.name, type(e).__name__, e)
 
-    def poll(self) -> None:
-        from serving.model import ServedModel
-        from tfserving.conventions import ModelDirError, latest_version
 
-        current = self.api.model
-        try:
-            version, path = latest_version(self.base_path)
-        except ModelDirError:
-            return  # the base path is being rewritten: keep serving what is loaded
-        if version in (current.version, self._failed_version):
-            return
-        log.info("Loading servable version {name: %s version: %d}", current.name, version)
-        try:
-            model = ServedModel.load_version(current.name, version, path)
-        except Exception:  # any broken SavedModel: say so once, keep serving the old version
-            log.exception(
-                "Loading servable version %d failed; still serving version %d",
-                version,
-                current.version,
-            )
-            self._failed_version = version
-            return
-        self.api.model = model
-        log.info(
-            "Successfully loaded servable version {name: %s version: %d}; unloaded version %d",
-            model.name,
-            model.version,
-            current.version,
-        )
+def parse_bool(text: str) -> bool:
+    """A tensorflow::Flag bool: --flag, --flag=true/false, --flag=1/0."""
+    value = text.strip().lower()
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,14 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--model_name", default="default", help="name in the URLs (/v1/models/NAME)"
+        "--model_name",
+        default="default",
+        help="name in the URLs (/v1/models/NAME); ignored with --model_config_file",
     )
     parser.add_argument(
         "--model_base_path",
-        required=True,
         type=Path,
-        help="directory of numeric version subdirectories; the highest is served",
+        help="directory of numeric version subdirectories; the highest is served (required "
+        "unless --model_config_file is given, ignored if it is)",
     )
+    add_model_config_flags(parser)
     parser.add_argument("--rest_api_port", type=int, default=8501, help="HTTP/REST port")
     parser.add_argument(
         "--rest_api_timeout_in_ms",
@@ -154,22 +140,74 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rest_api_enable_cors_support",
-        type=tf_bool,
+        type=parse_bool,
         nargs="?",
         const=True,
         default=False,
         help="send TF Serving's Access-Control-* headers with every REST answer",
     )
+    add_runtime_flags(parser)
     add_limit_flags(parser)
     return parser
 
 
-def tf_bool(text: str) -> bool:
-    """A boolean flag's value as TensorFlow's flag parser reads it (bare flag: true)."""
-    value = {"true": True, "1": True, "false": False, "0": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"not a boolean: {text!r} (true, false, 1 or 0)")
-    return value
+def add_model_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Several models, version policies and labels, metrics: TF Serving's config files."""
+    parser.add_argument(
+        "--model_config_file",
+        type=Path,
+        help="a ModelServerConfig in protobuf text format: the models to serve, their version "
+        "policies and labels (then --model_name and --model_base_path are ignored)",
+    )
+    parser.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=int,
+        default=0,
+        help="how often to re-read --model_config_file (<= 0: read once, at start-up)",
+    )
+    parser.add_argument(
+        "--allow_version_labels_for_unavailable_models",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="let a version label name a version that is not loaded (yet)",
+    )
+    parser.add_argument(
+        "--monitoring_config_file",
+        type=Path,
+        help="a MonitoringConfig in protobuf text format; with prometheus_config { enable: "
+        "true }, Prometheus metrics on the REST port (/monitoring/prometheus/metrics)",
+    )
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """How models are loaded and run: TensorFlow's threads, MetaGraph tags, warm-up."""
+    for name, meaning in [
+        ("intra_op", "threads that run one op (0: TensorFlow's choice)"),
+        ("inter_op", "ops run at the same time (0: TensorFlow's choice)"),
+        ("session", "both of the above at once (0: unset)"),
+    ]:
+        parser.add_argument(f"--tensorflow_{name}_parallelism", type=int, default=0, help=meaning)
+    parser.add_argument(
+        "--saved_model_tags",
+        default=",".join(SERVE_TAGS),
+        help="comma-separated tags of the MetaGraph to load (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--enable_model_warmup",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="replay assets.extra/tf_serving_warmup_requests before serving a version",
+    )
+    parser.add_argument(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=0,
+        help="times each warm-up request is run (<= 0: once)",
+    )
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -201,6 +239,126 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The combinations tensorflow_model_server refuses (server.cc), in its words."""
+    if args.model_base_path is None and args.model_config_file is None:
+        raise ServingError(
+            "Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
+    if (
+        min(
+            args.tensorflow_intra_op_parallelism,
+            args.tensorflow_inter_op_parallelism,
+            args.tensorflow_session_parallelism,
+        )
+        > 0
+    ):
+        raise ServingError(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. You cannot "
+            "configure both."
+        )
+
+
+def set_tensorflow_threads(args: argparse.Namespace) -> None:
+    """TensorFlow's thread pools, sized before any op runs (they can't change afterwards)."""
+    import tensorflow as tf
+
+    session = args.tensorflow_session_parallelism
+    intra = args.tensorflow_intra_op_parallelism or session
+    inter = args.tensorflow_inter_op_parallelism or session
+    if intra > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter > 0:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    if intra > 0 or inter > 0:
+        log.info(
+            "TensorFlow threads: intra-op %d, inter-op %d (0: TensorFlow's choice)",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+        )
+
+
+def model_settings(args: argparse.Namespace) -> list:
+    """The models to serve: the config file's, or the one of --model_name/--model_base_path."""
+    from serving.model_config import ModelSettings, read_model_config
+
+    if args.model_config_file is not None:
+        if args.model_base_path is not None:
+            log.warning("--model_config_file is set: --model_name and --model_base_path ignored")
+        return read_model_config(args.model_config_file)
+    log.info(
+        "Building single TensorFlow model file config: model_name: %s model_base_path: %s",
+        args.model_name,
+        args.model_base_path,
+    )
+    return [ModelSettings(args.model_name, args.model_base_path)]
+
+
+def model_loader(args: argparse.Namespace, metrics) -> Callable:
+    """What loads one version: the SavedModel with --saved_model_tags, counted in the load
+    metrics, then warmed up with its recorded requests (--enable_model_warmup)."""
+    from serving.model import ServedModel
+    from serving.warmup import warm_up
+
+    tags = tuple(tag for tag in args.saved_model_tags.split(",") if tag)
+    iterations = max(args.num_request_iterations_for_warmup, 1)
+
+    def load(name: str, version: int, path: Path) -> ServedModel:
+        start = time.perf_counter()
+        try:
+            model = ServedModel.load_version(name, version, path, tags)
+        except Exception:
+            metrics.record_load(path, False, time.perf_counter() - start)
+            raise
+        metrics.record_load(path, True, time.perf_counter() - start)
+        if args.enable_model_warmup:
+            warm_up(model, iterations, metrics)
+        return model
+
+    return load
+
+
+def start_models(args: argparse.Namespace, settings: list, metrics) -> tuple:
+    """The model manager with every model loaded, and the pollers that keep it current."""
+    from serving.model_manager import ModelManager
+
+    models = ModelManager(
+        model_loader(args, metrics),
+        allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
+    )
+    models.configure(settings, startup=True)
+    pollers = []
+    if args.file_system_poll_wait_seconds > 0:
+        pollers.append(Poller("version-poller", models.poll, args.file_system_poll_wait_seconds))
+    if args.model_config_file is not None and args.model_config_file_poll_wait_seconds > 0:
+        pollers.append(
+            Poller(
+                "config-poller",
+                lambda: reload_model_config(models, args.model_config_file),
+                args.model_config_file_poll_wait_seconds,
+            )
+        )
+    return models, pollers
+
+
+def reload_model_config(models, path: Path) -> None:
+    """Server::PollFilesystemAndReloadConfig: a file that can't be taken is logged, and the
+    models keep being served as they are."""
+    from serving.model_config import read_model_config
+
+    try:
+        settings = read_model_config(path)
+    except ServingError as e:
+        log.error("Failed to read ModelServerConfig file: %s", e)
+        return
+    try:
+        models.configure(settings)
+    except ServingError as e:
+        log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -209,31 +367,37 @@ def main(argv: list[str] | None = None) -> int:
     reuse_freed_memory()
     # Imported here so that --help is instant: TensorFlow takes seconds to import.
     from serving.grpc_api import GrpcServer, parse_channel_arguments
-    from serving.model import ModelDirError, ServedModel
+    from serving.metrics import ServingMetrics
+    from serving.model_config import read_prometheus_path
     from serving.rest_api import RestApi
 
-    try:
+    try:  # every flag and file checked before a model loads
+        check_flags(args)
         channel_arguments = parse_channel_arguments(args.grpc_channel_arguments)
+        metrics_path = args.monitoring_config_file and read_prometheus_path(
+            args.monitoring_config_file
+        )
+        settings = model_settings(args)
     except ServingError as e:
         print(f"local_server: error: {e}", file=sys.stderr)
         return 2
 
-    start = time.perf_counter()
+    set_tensorflow_threads(args)
+    metrics = ServingMetrics()
     try:
-        model = ServedModel.load(args.model_name, args.model_base_path)
-    except ModelDirError as e:
+        models, pollers = start_models(args, settings, metrics)
+    except SidecarError as e:  # the config, a base path, a version that fails to load
         print(f"local_server: error: {e}", file=sys.stderr)
         return 1
-    log.info(
-        "Successfully loaded servable version {name: %s version: %d} from %s in %.1f s",
-        model.name,
-        model.version,
-        model.path,
-        time.perf_counter() - start,
-    )
 
     executor = ThreadPoolExecutor(args.rest_api_num_threads, thread_name_prefix="model")
-    api = RestApi(model, executor, timeout_ms=args.rest_api_timeout_in_ms)
+    api = RestApi(
+        models,
+        executor,
+        timeout_ms=args.rest_api_timeout_in_ms,
+        metrics=metrics,
+        metrics_path=metrics_path or None,
+    )
     grpc_server = None
     if args.port:
         grpc_server = GrpcServer(
@@ -269,16 +433,14 @@ def main(argv: list[str] | None = None) -> int:
         if grpc_server is not None:  # GOAWAY now; the calls in flight finish meanwhile
             grpc_stopped.append(grpc_server.stop(args.shutdown_deadline_s))
 
-    watcher = None
-    if args.file_system_poll_wait_seconds > 0:
-        watcher = VersionWatcher(api, args.model_base_path, args.file_system_poll_wait_seconds)
-        watcher.start()
+    for poller in pollers:
+        poller.start()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("Exporting HTTP/REST API at:%s:%d ...", args.rest_api_host, server.server_address[1])
     server.serve_forever()
-    if watcher is not None:
-        watcher.stopped.set()
+    for poller in pollers:
+        poller.stopped.set()
     for stopped in grpc_stopped:
         stopped.wait()  # its calls in flight have ended, or the deadline cancelled them
     if server.unfinished:

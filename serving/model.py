@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +20,18 @@ from serving.errors import HTTP_STATUS, StatusError, invalid_argument
 from tfserving.conventions import (
     DEFAULT_SIGNATURE,
     SAVED_MODEL_FILES,
+    SERVE_TAGS,
     ModelDirError,
     latest_version,
     saved_model_file,
 )
 
-SERVE_TAG = "serve"
 
-
-def _serving_meta_graph(saved_model_dir: Path) -> meta_graph_pb2.MetaGraphDef:
-    """The MetaGraphDef tagged "serve", whose SignatureDefs TF Serving reports as metadata."""
+def _serving_meta_graph(
+    saved_model_dir: Path, tags: Sequence[str] = SERVE_TAGS
+) -> meta_graph_pb2.MetaGraphDef:
+    """The MetaGraphDef with exactly `tags` (as TensorFlow's loader matches them), whose
+    SignatureDefs TF Serving reports as metadata."""
     pb_path = saved_model_file(saved_model_dir)
     if pb_path is None:
         raise ModelDirError(f"{saved_model_dir} has no {' or '.join(SAVED_MODEL_FILES)}")
@@ -39,9 +41,12 @@ def _serving_meta_graph(saved_model_dir: Path) -> meta_graph_pb2.MetaGraphDef:
     else:
         saved_model.ParseFromString(pb_path.read_bytes())
     for meta_graph in saved_model.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
+        if set(meta_graph.meta_info_def.tags) == set(tags):
             return meta_graph
-    raise ModelDirError(f"{pb_path} has no MetaGraph tagged {SERVE_TAG!r}")
+    found = [",".join(graph.meta_info_def.tags) for graph in saved_model.meta_graphs]
+    raise ModelDirError(
+        f"{pb_path} has no MetaGraph tagged {','.join(tags)!r} (found: {'; '.join(found)})"
+    )
 
 
 def _proto_json(message) -> dict:
@@ -68,9 +73,11 @@ class ServedModel:
         return cls.load_version(name, *latest_version(base_path))
 
     @classmethod
-    def load_version(cls, name: str, version: int, path: Path) -> ServedModel:
-        meta_graph = _serving_meta_graph(path)
-        loaded = tf.saved_model.load(os.fspath(path), tags=[SERVE_TAG])
+    def load_version(
+        cls, name: str, version: int, path: Path, tags: Sequence[str] = SERVE_TAGS
+    ) -> ServedModel:
+        meta_graph = _serving_meta_graph(path, tags)
+        loaded = tf.saved_model.load(os.fspath(path), tags=list(tags))
         return cls(name, version, path, meta_graph, dict(loaded.signatures), loaded)
 
     def input_dtypes(self, signature_name: str) -> dict[str, str]:
@@ -96,22 +103,10 @@ class ServedModel:
         except tf.errors.OpError as e:
             # The graph's own error, with its canonical code, as TF Serving passes it on
             # (a bad image is INVALID_ARGUMENT: 400; a corrupt stream DATA_LOSS: 500).
-            raise StatusError(_ERROR_CODES.get(e.error_code, "UNKNOWN"), _op_message(e)) from None
+            raise StatusError(error_code_of(e), _op_message(e)) from None
         except (TypeError, ValueError) as e:  # the signature refused the tensor (rank, dtype)
-            raise invalid_argument(_first_line(str(e))) from None
+            raise invalid_argument(first_line(str(e))) from None
         return {key: _to_array(value) for key, value in sorted(outputs.items())}
-
-    def status_json(self) -> dict:
-        """GetModelStatusResponse of the loaded version (a string: int64 in proto JSON)."""
-        return {
-            "model_version_status": [
-                {
-                    "version": str(self.version),
-                    "state": "AVAILABLE",
-                    "status": {"error_code": "OK", "error_message": ""},
-                }
-            ]
-        }
 
     def metadata_json(self) -> dict:
         """GetModelMetadataResponse: model_spec + a SignatureDefMap (hence signature_def twice)."""
@@ -148,7 +143,18 @@ def _op_message(error: tf.errors.OpError) -> str:
     return re.sub(r"\s*\[Op:[^\]]*\]$", "", message.removeprefix("Graph execution error:")).strip()
 
 
-def _first_line(message: str) -> str:
+def error_code_of(error: Exception) -> str:
+    """The canonical code TF Serving would give an error of loading or running a model."""
+    if isinstance(error, StatusError):
+        return error.code
+    if isinstance(error, tf.errors.OpError):
+        return _ERROR_CODES.get(error.error_code, "UNKNOWN")
+    if isinstance(error, ModelDirError):
+        return "NOT_FOUND"
+    return "UNKNOWN"
+
+
+def first_line(message: str) -> str:
     """TensorFlow's Python errors run to many lines of call-site detail; the first says what."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return lines[0] if lines else message

@@ -1,4 +1,4 @@
-"""TF Serving's REST API over one ServedModel, independent of the HTTP transport.
+"""TF Serving's REST API over the models of a ModelManager, independent of the HTTP transport.
 
 Routing, version/label resolution and error wording follow tensorflow_serving/model_servers/
 http_rest_api_handler.cc and http_rest_api_util.cc: the same URL regexes (case-insensitive), the
@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-from concurrent.futures import Executor
+import time
+from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 import numpy as np
 
 from serving import classify, fast_tensor, json_tensor
 from serving.errors import StatusError, invalid_argument, not_found
+from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import ServedModel
+from serving.model_manager import ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -32,46 +36,77 @@ STATUS_PATH = re.compile(
 _INT64_MAX = 2**63 - 1
 
 
+@dataclass
+class RequestInfo:
+    """What a request named, for the metrics: TF Serving's model_name and API labels."""
+
+    model_name: str = ""
+    api: str = ""
+
+
 class RestApi:
     """Answers (method, path, body) with (HTTP status, JSON body), as TF Serving would."""
 
     def __init__(
         self,
-        model: ServedModel,
+        models: ModelManager | ServedModel,
         executor: Executor,
         timeout_ms: int = 30000,
+        metrics: ServingMetrics | None = None,
+        metrics_path: str | None = None,
     ) -> None:
-        self.model = model  # replaced as a whole when a new version is loaded
+        if isinstance(models, ServedModel):
+            models = ModelManager.serving(models)
+        self.models = models
         self.executor = executor
         self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
+        self.metrics = metrics or ServingMetrics()
+        self.metrics_path = metrics_path  # --monitoring_config_file's Prometheus page, if any
 
     def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, bytes]:
+        if method == "GET" and path.split("?", 1)[0] == self.metrics_path:
+            return 200, self.metrics.page()
+        start = time.perf_counter()
+        info = RequestInfo()
         try:
             # The query is part of the path, as in TF Serving (EvHTTPRequest::uri_path()): it
             # has no query parameters, so "?x=1" ends up in a model name or breaks the route.
-            return 200, self._dispatch(method, path, body)
+            status, answer, code = 200, self._dispatch(method, path, body, info), "OK"
         except StatusError as e:
-            return e.http_status, json_tensor.error_json(e.message)
+            status, answer, code = e.http_status, json_tensor.error_json(e.message), e.code
         except Exception as e:  # a bug or a model failure: TF Serving answers INTERNAL too
             log.exception("internal error on %s %s", method, path)
-            return 500, json_tensor.error_json(f"Internal error: {type(e).__name__}: {e}")
+            status, code = 500, "INTERNAL"
+            answer = json_tensor.error_json(f"Internal error: {type(e).__name__}: {e}")
+        if API_PATH.fullmatch(path):  # what TF Serving's REST handler sees, and counts
+            self.metrics.record_request(info.model_name, info.api, "REST", code, start)
+        return status, answer
 
-    def _dispatch(self, method: str, path: str, body: bytes | bytearray) -> bytes:
+    def content_type(self, path: str) -> str:
+        """The Prometheus page is text; every other answer is JSON."""
+        if path.split("?", 1)[0] == self.metrics_path:
+            return CONTENT_TYPE
+        return "application/json"
+
+    def _dispatch(
+        self, method: str, path: str, body: bytes | bytearray, info: RequestInfo
+    ) -> bytes:
         if not API_PATH.fullmatch(path):
             # TF Serving has no handler there: a bare 404 (we still answer in its JSON form).
             raise not_found(f"Not found: {path}; the REST API is under /v1/models/")
         malformed = invalid_argument(f"Malformed request: {method} {path}")
-        model = self.model  # one version for the whole request, even if a new one comes in
+        models = self.models  # the manager: each lookup gives one version for the request
         if method == "POST":
             match = PREDICT_PATH.fullmatch(path)
             if not match:
                 raise malformed
             name, version, label, verb = match.groups()
+            info.model_name, info.api = unquote(name), verb
             if verb == "predict":
-                return self._predict(model, unquote(name), _version(version), label, body)
+                return self._predict(models, unquote(name), _version(version), label, body)
             if verb in classify.TASKS:
                 task = classify.TASKS[verb]
-                return self._classify(task, model, unquote(name), _version(version), label, body)
+                return self._classify(task, models, unquote(name), _version(version), label, body)
             raise malformed  # TF Serving matches the verb case-insensitively, then compares it
         if method == "GET":
             match = STATUS_PATH.fullmatch(path)
@@ -80,23 +115,28 @@ class RestApi:
             name, version, label, subresource = match.groups()
             if not name:
                 raise invalid_argument("Missing model name in request.")
+            info.model_name = unquote(name)
             if subresource == "metadata":
-                servable = find_servable(model, unquote(name), _version(version), label)
+                servable = find_servable(models, unquote(name), _version(version), label)
                 return _pretty(servable.metadata_json())
             # GetModelStatus ignores labels: with one, it reports every version.
-            return model_status(model, unquote(name), _version(version))
+            return model_status(models, unquote(name), _version(version))
         raise malformed
 
     def _predict(
         self,
-        model: ServedModel,
+        models: ModelManager,
         name: str,
         version: int | None,
         label: str | None,
         body: bytes | bytearray,
     ) -> bytes:
+        found: list[ServedModel] = []  # looked up once the body parsed, as TF Serving does
+
         def lookup_inputs(signature_name: str) -> dict[str, str]:
-            return find_servable(model, name, version, label).input_dtypes(signature_name)
+            if not found:  # one version for the whole request, even if a new one comes in
+                found.append(find_servable(models, name, version, label))
+            return found[0].input_dtypes(signature_name)
 
         # The common big request (one numeric tensor) is parsed with numpy; anything else, and
         # every error, goes through the general path, which words errors as TF Serving does.
@@ -112,13 +152,13 @@ class RestApi:
                     f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
                 )
             fmt, tensors = json_tensor.request_tensors(doc, inputs)
-        outputs = self._run_with_deadline(model, signature_name, tensors)
+        outputs = self._run_with_deadline(found[0], signature_name, tensors)
         return json_tensor.tensors_to_json(outputs, fmt)
 
     def _classify(
         self,
         task: classify.Task,
-        model: ServedModel,
+        models: ModelManager,
         name: str,
         version: int | None,
         label: str | None,
@@ -127,24 +167,41 @@ class RestApi:
         """:classify or :regress; the body is read before the model is looked up, as in TF
         Serving."""
         signature_name, examples = classify.examples_from_json(body)
-        servable = find_servable(model, name, version, label)
+        servable = find_servable(models, name, version, label)
         signature_name, tensors = classify.model_input(task, servable, signature_name, examples)
-        outputs = self._run_with_deadline(servable, signature_name, tensors)
+        outputs = self._run_with_deadline(servable, signature_name, tensors, task.api)
         return task.to_json(task.result(outputs, len(examples)))
 
     def _run_with_deadline(
-        self, model: ServedModel, signature_name: str, tensors: dict[str, np.ndarray]
+        self,
+        model: ServedModel,
+        signature_name: str,
+        tensors: dict[str, np.ndarray],
+        api: str = "Predict",
     ) -> dict[str, np.ndarray]:
         """The model call, bounded by --rest_api_timeout_in_ms like TF Serving's RunOptions.
 
         A call past the deadline is answered with DEADLINE_EXCEEDED (504); TensorFlow can't
         cancel it, so it finishes in the background and its result is dropped.
         """
-        future = self.executor.submit(model.run, signature_name, tensors)
+        future = self.submit_run(model, api, signature_name, tensors)
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
             raise StatusError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
+
+    def submit_run(
+        self, model: ServedModel, api: str, signature_name: str, tensors: dict[str, np.ndarray]
+    ) -> Future:
+        """The model call on the model executor (REST and gRPC alike), its runtime timed."""
+
+        def run() -> dict[str, np.ndarray]:
+            start = time.perf_counter()
+            outputs = model.run(signature_name, tensors)
+            self.metrics.record_runtime(model.name, api, start)
+            return outputs
+
+        return self.executor.submit(run)
 
 
 def _version(version: str | None) -> int | None:
@@ -157,30 +214,16 @@ def _version(version: str | None) -> int | None:
 
 
 def find_servable(
-    model: ServedModel, name: str, version: int | None, label: str | None = None
+    models: ModelManager, name: str, version: int | None, label: str | None = None
 ) -> ServedModel:
-    """ServerCore::GetServableHandle: the loaded model, or NOT_FOUND as TF Serving words it.
-
-    No version labels are configured (TF Serving sets them in a model config file), so any label
-    gets TF Serving's answer for an unknown one.
-    """
-    if label is not None:
-        raise invalid_argument(f"Unrecognized servable version label: {unquote(label)}")
-    if name != model.name or (version is not None and version != model.version):
-        request = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-        raise not_found(f"Servable not found for request: {request}")
-    return model
+    """ServerCore::GetServableHandle: the model version asked for (a label from a URL is
+    percent-decoded), or NOT_FOUND / INVALID_ARGUMENT as TF Serving words them."""
+    return models.find(name, version, None if label is None else unquote(label))
 
 
-def model_status(model: ServedModel, name: str, version: int | None) -> bytes:
-    """GetModelStatus: only the loaded version is known (others were never loaded). A request
-    for a version is looked up as (name, version), so an unknown model gets the version's
-    message too."""
-    if version is not None and (name, version) != (model.name, model.version):
-        raise not_found(f"Could not find version {version} of model {name}")
-    if name != model.name:
-        raise not_found(f"Could not find any versions of model {name}")
-    return _pretty(model.status_json())
+def model_status(models: ModelManager, name: str, version: int | None) -> bytes:
+    """GetModelStatus: the state of every version the server has seen (or of one)."""
+    return _pretty(models.status(name, version))
 
 
 def _pretty(document: dict) -> bytes:

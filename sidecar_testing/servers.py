@@ -56,14 +56,15 @@ class LocalServer:
 
     def __init__(
         self,
-        model_base_path: str | os.PathLike,
+        model_base_path: str | os.PathLike | None,
         model_name: str = "model",
         port: int | None = None,
         extra_args: Sequence[str] = (),
         grpc_port: int | None = None,
         start_timeout: float = 120.0,
     ) -> None:
-        self.model_base_path = Path(model_base_path)
+        # None: the models come from --model_config_file in extra_args.
+        self.model_base_path = None if model_base_path is None else Path(model_base_path)
         self.model_name = model_name
         self.port = port or free_port()
         self.grpc_port = grpc_port or free_port()  # served too, on a port of its own
@@ -106,13 +107,17 @@ class LocalServer:
             sys.executable,
             "-m",
             "serving.local_server",
-            f"--model_name={self.model_name}",
-            f"--model_base_path={self.model_base_path}",
+            *self._model_flags(),
             f"--rest_api_port={self.port}",
             f"--rest_api_host={HOST}",
             f"--port={self.grpc_port}",
             *self.extra_args,
         ]
+
+    def _model_flags(self) -> list[str]:
+        if self.model_base_path is None:
+            return []
+        return [f"--model_name={self.model_name}", f"--model_base_path={self.model_base_path}"]
 
     def start(self) -> LocalServer:
         """Start the process; return once its port accepts connections."""

@@ -112,7 +112,9 @@ def test_status_and_metadata(pixel_grpc, pixel_api) -> None:
         assert grpc_client.metadata() is metadata  # cached
     assert (status.version, status.state, status.error_code) == ("1", "AVAILABLE", "OK")
     assert status.available and status.error_message == ""
-    assert metadata == parse_metadata(pixel_api.model.metadata_json())  # what REST answers
+    assert metadata == parse_metadata(
+        pixel_api.models.find(PIXEL_NAME).metadata_json()
+    )  # what REST answers
     image_input = metadata.signature().image_input
     assert (image_input.name, image_input.dtype, image_input.shape) == (
         "inputs",
@@ -263,7 +265,7 @@ def test_too_big_an_answer_is_refused(pixel_grpc) -> None:
 @pytest.fixture
 def slow_api(pixel_api) -> Iterator[RestApi]:
     with SlowExecutor(2) as executor:
-        yield RestApi(pixel_api.model, executor)
+        yield RestApi(pixel_api.models, executor)
 
 
 def test_deadline_exceeded_is_a_timeout(slow_api) -> None:

@@ -24,8 +24,11 @@ from tensorflow_serving.apis import classification_pb2 as tfs_classification_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2 as tfs_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2 as tfs_status_pb2
 from tensorflow_serving.apis import input_pb2 as tfs_input_pb2
+from tensorflow_serving.apis import model_management_pb2 as tfs_management_pb2
 from tensorflow_serving.apis import predict_pb2 as tfs_predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2 as tfs_log_pb2
 from tensorflow_serving.apis import regression_pb2 as tfs_regression_pb2
+from tensorflow_serving.config import model_server_config_pb2 as tfs_config_pb2
 
 from sidecar_testing.data import PIXEL_MODEL, ROOT
 from tfserving.grpc_client import SIGNATURE_DEF_MAP_URL
@@ -36,7 +39,10 @@ from tfserving.protos import (
     get_model_status_pb2,
     input_pb2,
     meta_graph_pb2,
+    model_management_pb2,
+    model_server_config_pb2,
     predict_pb2,
+    prediction_log_pb2,
     regression_pb2,
     status_pb2,
     tensor_pb2,
@@ -60,6 +66,10 @@ PAIRS = [
     (regression_pb2.RegressionResponse, tfs_regression_pb2.RegressionResponse),
     (input_pb2.Input, tfs_input_pb2.Input),
     (example_pb2.Example, tf_example_pb2.Example),
+    (model_server_config_pb2.ModelServerConfig, tfs_config_pb2.ModelServerConfig),
+    (prediction_log_pb2.PredictionLog, tfs_log_pb2.PredictionLog),
+    (model_management_pb2.ReloadConfigRequest, tfs_management_pb2.ReloadConfigRequest),
+    (model_management_pb2.ReloadConfigResponse, tfs_management_pb2.ReloadConfigResponse),
 ]
 
 
@@ -181,6 +191,54 @@ def test_model_metadata_response_round_trips_with_its_any() -> None:
     request.model_spec.name = "ssd"
     both_ways(get_model_metadata_pb2.GetModelMetadataRequest, request)
     assert isinstance(ours.metadata["signature_def"], any_pb2.Any)
+
+
+MODEL_CONFIG_TEXT = """
+model_config_list {
+  config {
+    name: "ssd"
+    base_path: "/models/ssd"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+  config {
+    name: "other"
+    base_path: "/models/other"
+    model_platform: "tensorflow"
+    model_version_policy { latest { num_versions: 2 } }
+  }
+  config { name: "all" base_path: "/models/all" model_version_policy { all {} } }
+}
+"""
+
+
+def test_a_model_config_file_reads_as_tf_serving_reads_it() -> None:
+    """The same text parsed by both sets of messages gives the same bytes, both ways."""
+    official = text_format.Parse(MODEL_CONFIG_TEXT, tfs_config_pb2.ModelServerConfig())
+    ours = text_format.Parse(MODEL_CONFIG_TEXT, model_server_config_pb2.ModelServerConfig())
+    assert ours.SerializeToString(deterministic=True) == official.SerializeToString(
+        deterministic=True
+    )
+    both_ways(model_server_config_pb2.ModelServerConfig, official)
+    first = ours.model_config_list.config[0]
+    assert first.model_version_policy.WhichOneof("policy_choice") == "specific"
+    assert dict(first.version_labels) == {"stable": 1, "canary": 2}
+
+
+def test_a_warmup_record_round_trips() -> None:
+    record = tfs_log_pb2.PredictionLog()
+    request = record.predict_log.request
+    request.model_spec.name = "ssd"
+    request.inputs["inputs"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 2, 2, 3), np.uint8)))
+    ours = both_ways(prediction_log_pb2.PredictionLog, record)
+    assert ours.WhichOneof("log_type") == "predict_log"
+    classify = tfs_log_pb2.PredictionLog()
+    classify.classify_log.request.model_spec.name = "ssd"
+    assert both_ways(prediction_log_pb2.PredictionLog, classify).WhichOneof("log_type") == (
+        "classify_log"
+    )
 
 
 def test_model_status_response_round_trips() -> None:

@@ -89,7 +89,9 @@ def wait_for_version(server: LocalServer, version: str, timeout: float = 60.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = requests.get(server.model_url).json()
-        if status["model_version_status"][0]["version"] == version:
+        if {"version": version, "state": "AVAILABLE"}.items() <= status["model_version_status"][
+            0
+        ].items():
             return
         time.sleep(0.2)
     raise AssertionError(f"version {version} not served after {timeout} s:\n{server.stderr()}")
@@ -112,7 +114,11 @@ def test_a_new_version_dir_is_picked_up_while_serving(tmp_path) -> None:
         broken.mkdir()
         (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
         # A broken new version is reported and the old one kept.
-        wait_for_log(server, "Loading servable version 3 failed; still serving version 1")
+        wait_for_log(server, "Loading servable version {name: polled version: 3} failed: ")
+        assert "still serving versions [1]" in server.stderr()
+        [failed] = requests.get(server.model_url + "/versions/3").json()["model_version_status"]
+        assert failed["state"] == "END"  # with the load's error, as TF Serving reports it
+        assert failed["status"]["error_code"] != "OK" and failed["status"]["error_message"]
         assert requests.post(server.predict_url, json=b64_request(IMAGE1)).status_code == 200
 
         (tmp_path / "4").symlink_to(ENCODED_MODEL / "1")
@@ -120,7 +126,7 @@ def test_a_new_version_dir_is_picked_up_while_serving(tmp_path) -> None:
         assert requests.post(server.predict_url, json=b64_request(IMAGE1)).status_code == 200
         old = requests.post(server.model_url + "/versions/1:predict", json=b64_request(IMAGE1))
         assert old.status_code == 404
-        assert "unloaded version 1" in server.stderr()
+        assert "Unloaded servable version {name: polled version: 1}" in server.stderr()
 
 
 def test_request_past_the_rest_timeout_is_a_504() -> None:

@@ -20,6 +20,7 @@ from tfserving.errors import TFServingError
 REST_PORT = 8501  # --rest_api_port
 GRPC_PORT = 8500  # --port
 DEFAULT_SIGNATURE = "serving_default"  # a request that names no signature calls this one
+SERVE_TAGS = ("serve",)  # the MetaGraph tensorflow_model_server loads (--saved_model_tags)
 MODEL_BASE_PATH = "/models"  # the tensorflow/serving image's MODEL_BASE_PATH
 # TF Serving's SavedModel loader reads either file (tensorflow/cc/saved_model/loader_util).
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
@@ -58,8 +59,8 @@ def numeric_versions(base_path: Path) -> dict[int, Path]:
     return versions
 
 
-def latest_version(base_path: Path) -> tuple[int, Path]:
-    """The highest numeric version under `base_path` (TF Serving's default "latest" policy)."""
+def servable_versions(base_path: Path) -> dict[int, Path]:
+    """Every numeric version under `base_path`; none is an error that says what was found."""
     if not base_path.is_dir():
         raise ModelDirError(f"model base path {base_path} is not a directory")
     versions = numeric_versions(base_path)
@@ -74,6 +75,12 @@ def latest_version(base_path: Path) -> tuple[int, Path]:
             f"no numeric version directory under {base_path} (found: {', '.join(found)}); "
             "lay the model out as BASE_PATH/1/saved_model.pb"
         )
+    return versions
+
+
+def latest_version(base_path: Path) -> tuple[int, Path]:
+    """The highest numeric version under `base_path` (TF Serving's default "latest" policy)."""
+    versions = servable_versions(base_path)
     version = max(versions)
     return version, versions[version]
 

@@ -1,7 +1,9 @@
 """TF Serving's gRPC messages, as this project's own protos: the client needs no TensorFlow.
 
 The `.proto` files here declare the messages of tensorflow_serving/apis (Predict,
-GetModelMetadata, GetModelStatus) and the TensorFlow ones they carry (TensorProto, SignatureDef),
+GetModelMetadata, GetModelStatus, HandleReloadConfigRequest, the warm-up file's PredictionLog),
+of tensorflow_serving/config (the model config and monitoring config files the local server
+reads) and the TensorFlow ones they carry (TensorProto, SignatureDef),
 with TF Serving's field numbers and types, so their bytes are TF Serving's bytes. Only the fields
 a client uses are declared; a server's other fields are kept as unknown fields.
 
