@@ -1,7 +1,7 @@
 """TF Serving's gRPC API (PredictionService, ModelService) over the REST API's loaded model.
 
 The same `RestApi` object serves both ports: its `.model` (replaced whole when a new version
-loads) is read once per call, its executor runs the model, and its lookup helpers give the same
+loads) is read once per call, its run() calls the model, and its lookup helpers give the same
 NOT_FOUND wording for an unknown model or version. What gRPC does differently follows TF
 Serving's C++ (predict_impl.cc, predict_util.cc, saved_model/util.cc, get_model_metadata_impl.cc,
 get_model_status_impl.cc): an unknown signature is FAILED_PRECONDITION, the inputs are checked
@@ -23,7 +23,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import grpc
@@ -95,7 +94,7 @@ class PredictionService:
             )
         inputs = input_tensors(signature, request.inputs)
         aliases = output_aliases(signature, request.output_filter)
-        outputs = self._run(model, signature_name, inputs, context.time_remaining())
+        outputs = self.api.run(model, signature_name, inputs, context.time_remaining())
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = model.version
@@ -131,21 +130,6 @@ class PredictionService:
         packed = response.metadata[SIGNATURE_DEF]
         packed.type_url, packed.value = SIGNATURE_DEF_MAP_URL, signatures.SerializeToString()
         return response
-
-    def _run(
-        self,
-        model: ServedModel,
-        signature_name: str,
-        inputs: dict[str, np.ndarray],
-        seconds_left: float | None,
-    ) -> dict[str, np.ndarray]:
-        """The model call on the REST API's executor, bounded by the client's deadline (TF
-        Serving's RunOptions timeout); past it, the result is dropped as the call has ended."""
-        future = self.api.executor.submit(model.run, signature_name, inputs)
-        try:
-            return future.result(timeout=seconds_left)
-        except FutureTimeout:
-            raise StatusError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
 
 
 class ModelService:

@@ -26,6 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from serving.batching import BatchingOptions, BatchScheduler, read_batching_parameters
 from serving.errors import ServingError
 from serving.http_server import Limits, RestServer
 from serving.memory import reuse_freed_memory
@@ -152,8 +153,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=max(4, 2 * (os.cpu_count() or 1)),
         help="model calls run at the same time",
     )
+    add_batching_flags(parser)
     add_limit_flags(parser)
     return parser
+
+
+def add_batching_flags(parser: argparse.ArgumentParser) -> None:
+    """tensorflow_model_server's request batching flags (serving/batching.py)."""
+    group = parser.add_argument_group("batching (tensorflow_model_server's flags)")
+    group.add_argument(
+        "--enable_batching",
+        action="store_true",
+        help="merge concurrent predict calls of a model version and signature into one call",
+    )
+    group.add_argument(
+        "--batching_parameters_file",
+        type=Path,
+        help="BatchingParameters in text format (max_batch_size, batch_timeout_micros, ...); "
+        "without it, TF Serving's defaults",
+    )
+
+
+def batching_from(args: argparse.Namespace) -> BatchingOptions | None:
+    """The batching the flags ask for (None: none); raises ServingError for a bad parameters
+    file, or a file without --enable_batching (TF Serving's wording)."""
+
+    if not args.enable_batching:
+        if args.batching_parameters_file is not None:
+            raise ServingError(
+                "server_options.batching_parameters_file is set without setting "
+                "server_options.enable_batching to true."
+            )
+        return None
+    return read_batching_parameters(args.batching_parameters_file)
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -191,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     reuse_freed_memory()
+    try:  # before TensorFlow is imported: a bad file is reported at once
+        batching_options = batching_from(args)
+    except ServingError as e:
+        print(f"local_server: error: {e}", file=sys.stderr)
+        return 2
     # Imported here so that --help is instant: TensorFlow takes seconds to import.
     from serving.grpc_api import GrpcServer, parse_channel_arguments
     from serving.model import ModelDirError, ServedModel
@@ -217,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     executor = ThreadPoolExecutor(args.rest_api_num_threads, thread_name_prefix="model")
-    api = RestApi(model, executor, timeout_ms=args.rest_api_timeout_in_ms)
+    batching = None
+    if batching_options is not None:
+        log.info("Batching enabled: %s", batching_options)
+        batching = BatchScheduler(batching_options)
+    api = RestApi(model, executor, timeout_ms=args.rest_api_timeout_in_ms, batching=batching)
     grpc_server = None
     if args.port:
         grpc_server = GrpcServer(
@@ -266,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.shutdown()
         os._exit(0)
     executor.shutdown(wait=True)
+    if batching is not None:
+        batching.stop()
     log.info("stopped")
     return 0
 

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from serving import fast_tensor, json_tensor
+from serving.batching import BatchScheduler
 from serving.errors import StatusError, invalid_argument, not_found
 from serving.model import ServedModel
 
@@ -40,10 +41,12 @@ class RestApi:
         model: ServedModel,
         executor: Executor,
         timeout_ms: int = 30000,
+        batching: BatchScheduler | None = None,
     ) -> None:
         self.model = model  # replaced as a whole when a new version is loaded
         self.executor = executor
         self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
+        self.batching = batching  # --enable_batching: model calls go through its queues
 
     def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, bytes]:
         try:
@@ -112,21 +115,32 @@ class RestApi:
                     f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
                 )
             fmt, tensors = json_tensor.request_tensors(doc, inputs)
-        outputs = self._run_with_deadline(model, signature_name, tensors)
+        outputs = self.run(model, signature_name, tensors, self.timeout_s)
         return json_tensor.tensors_to_json(outputs, fmt)
 
-    def _run_with_deadline(
-        self, model: ServedModel, signature_name: str, tensors: dict[str, np.ndarray]
+    def run(
+        self,
+        model: ServedModel,
+        signature_name: str,
+        tensors: dict[str, np.ndarray],
+        timeout_s: float | None,
     ) -> dict[str, np.ndarray]:
-        """The model call, bounded by --rest_api_timeout_in_ms like TF Serving's RunOptions.
+        """The model call of both APIs, bounded by a deadline like TF Serving's RunOptions
+        (--rest_api_timeout_in_ms, or the gRPC client's deadline); with --enable_batching it is
+        merged with other calls of the same model version and signature.
 
         A call past the deadline is answered with DEADLINE_EXCEEDED (504); TensorFlow can't
-        cancel it, so it finishes in the background and its result is dropped.
+        cancel a running call, so it finishes in the background and its result is dropped (a
+        call still waiting for its batch is dropped from it).
         """
-        future = self.executor.submit(model.run, signature_name, tensors)
+        if self.batching is not None:
+            future = self.batching.submit(model, signature_name, tensors)
+        else:
+            future = self.executor.submit(model.run, signature_name, tensors)
         try:
-            return future.result(timeout=self.timeout_s)
+            return future.result(timeout=timeout_s)
         except FutureTimeout:
+            future.cancel()
             raise StatusError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
 
 
