@@ -42,6 +42,7 @@ from google.protobuf import text_format
 
 from serving.errors import ServingError, StatusError, invalid_argument
 from serving.protos.session_bundle_config_pb2 import BatchingParameters
+from tfserving.conventions import DEFAULT_SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +208,7 @@ class BatchScheduler:
             )
         task = _Task(inputs, size)
         kind = self._kind(inputs)
+        signature_name = signature_name or DEFAULT_SIGNATURE  # REST's "" is gRPC's default
         with self._lock:
             key = (id(model), signature_name)
             queue = self._queues.get(key) or _Queue(model, signature_name)
