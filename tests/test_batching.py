@@ -28,6 +28,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from serving import local_server
 from serving.batching import BatchingOptions, BatchScheduler, merge_inputs
 from serving.model import ServedModel
 from serving.protos.session_bundle_config_pb2 import BatchingParameters
@@ -35,6 +36,7 @@ from sidecar_testing.data import ENCODED_MODEL, IMAGE1, IMAGE2, PIXEL_MODEL, ROO
 from sidecar_testing.servers import LocalServer
 
 TINY = "tiny"
+SIZE = (320, 240)  # the pixel model batches pictures of one size
 FULL_QUEUE = (
     "The batch scheduling queue to which this task was submitted is full; currently 2 batches "
     "enqueued and max_enqueued_batches is 2"
@@ -302,7 +304,7 @@ def rest_call(server: LocalServer, body: dict) -> dict:
 
 
 def test_sixteen_pictures_at_once_each_get_their_own_detections(model_reference) -> None:
-    pictures = variants(IMAGE1, (400, 300)) + variants(IMAGE2, (400, 300))
+    pictures = variants(IMAGE1, SIZE) + variants(IMAGE2, SIZE)
     signature = model_reference.signature(PIXEL_MODEL)
     with batching_server(PIXEL_MODEL, DETECTION_BATCHING, name="ssd") as server:
         answers = sixteen_calls(server, pictures, lambda p: {"instances": [p.tolist()]})
@@ -385,18 +387,22 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_FILES.values(), ids=BAD_FILES.keys())
-def test_a_bad_parameters_file_stops_the_server_with_one_line(tmp_path, text, message) -> None:
+def test_a_bad_parameters_file_is_one_line_before_anything_loads(
+    tmp_path, capsys, text, message
+) -> None:
+    """local_server.main() itself (the process is tested below): it returns before it looks
+    at the model base path, which does not exist."""
     parameters = tmp_path / "batching.txt"
     parameters.write_text(text)
     flags = ["--enable_batching", f"--batching_parameters_file={parameters}"]
-    result = start_and_fail(flags)
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith(f"local_server: error: {parameters}: ")
-    assert message in result.stderr
+    assert local_server.main(["--model_base_path=/nonexistent", *flags]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"local_server: error: {parameters}: ")
+    assert message in stderr
 
 
-def test_a_parameters_file_needs_enable_batching_and_must_exist(tmp_path) -> None:
+def test_the_server_process_refuses_a_parameters_file_without_enable_batching(tmp_path) -> None:
     parameters = tmp_path / "batching.txt"
     parameters.write_text("max_batch_size { value: 4 }")
     result = start_and_fail([f"--batching_parameters_file={parameters}"])
