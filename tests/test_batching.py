@@ -99,6 +99,7 @@ def tiny_server(tiny_model: Path) -> Iterator[LocalServer]:
     with batching_server(tiny_model, parameters, "--rest_api_timeout_in_ms=1000") as server:
         grpc_rows(server, np.ones((4, 2), np.float32))  # a full batch: runs now, traces the model
         yield server
+        assert server.stop() == 0  # SIGTERM: the batch threads end with the server
 
 
 def rest_predict(server: LocalServer, x: np.ndarray) -> requests.Response:
