@@ -25,12 +25,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from serving.batching import BatchingOptions, BatchScheduler, read_batching_parameters
 from serving.errors import ServingError
 from serving.http_server import Limits, RestServer
 from serving.memory import reuse_freed_memory
 from tfserving.conventions import GRPC_PORT
+
+if TYPE_CHECKING:
+    from serving.batching import BatchingOptions
 
 log = logging.getLogger("serving.local_server")
 
@@ -177,6 +180,7 @@ def add_batching_flags(parser: argparse.ArgumentParser) -> None:
 def batching_from(args: argparse.Namespace) -> BatchingOptions | None:
     """The batching the flags ask for (None: none); raises ServingError for a bad parameters
     file, or a file without --enable_batching (TF Serving's wording)."""
+    from serving.batching import read_batching_parameters  # numpy, protobuf: not for --help
 
     if not args.enable_batching:
         if args.batching_parameters_file is not None:
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local_server: error: {e}", file=sys.stderr)
         return 2
     # Imported here so that --help is instant: TensorFlow takes seconds to import.
+    from serving.batching import BatchScheduler
     from serving.grpc_api import GrpcServer, parse_channel_arguments
     from serving.model import ModelDirError, ServedModel
     from serving.rest_api import RestApi
