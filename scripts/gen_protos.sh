@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate tfserving/protos/*_pb2.py (and the .pyi stubs) from tfserving/protos/*.proto.
+# Regenerate tfserving/protos/*_pb2.py and serving/protos/*_pb2.py (and the .pyi stubs) from the
+# .proto files beside them.
 #
 #   PYTHON=/path/to/python scripts/gen_protos.sh
 #
@@ -16,6 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-rm -f tfserving/protos/*_pb2.py tfserving/protos/*_pb2.pyi
-"$PYTHON" -m grpc_tools.protoc -I . --python_out=. --pyi_out=. tfserving/protos/*.proto
+for package in tfserving/protos serving/protos; do
+  rm -f "$package"/*_pb2.py "$package"/*_pb2.pyi
+  "$PYTHON" -m grpc_tools.protoc -I . --python_out=. --pyi_out=. "$package"/*.proto
+done
 "$PYTHON" -m grpc_tools.protoc --version

@@ -2,7 +2,8 @@
 
 The same `RestApi` object serves both ports: its `.models` (the ModelManager) gives the model
 version once per call, with the same NOT_FOUND / INVALID_ARGUMENT wording as over REST, its
-executor runs the model, and its metrics count Predict calls as TF Serving's do. What gRPC
+run() calls the model (batched with
+--enable_batching), and its metrics count Predict calls as TF Serving's do. What gRPC
 does differently follows TF Serving's C++ (predict_impl.cc, predict_util.cc, saved_model/util.cc,
 get_model_metadata_impl.cc, get_model_status_impl.cc): an unknown signature is
 FAILED_PRECONDITION, the inputs are checked against the signature before the model runs (count,
@@ -26,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import grpc
@@ -121,7 +121,7 @@ class PredictionService:
         signature_name, signature = predict_signature(model, request)
         inputs = input_tensors(signature, request.inputs)
         aliases = output_aliases(signature, request.output_filter)
-        outputs = self._run(model, signature_name, inputs, context.time_remaining())
+        outputs = self.api.run(model, signature_name, inputs, context.time_remaining())
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = model.version
@@ -174,7 +174,7 @@ class PredictionService:
         signature_name, inputs = classify.model_input(
             task, model, request.model_spec.signature_name, examples
         )
-        outputs = self._run(model, signature_name, inputs, context.time_remaining(), task.api)
+        outputs = self.api.run(model, signature_name, inputs, context.time_remaining(), task.api)
         return model, signature_name, task.result(outputs, len(examples))
 
     @answered
@@ -203,22 +203,6 @@ class PredictionService:
         packed = response.metadata[SIGNATURE_DEF]
         packed.type_url, packed.value = SIGNATURE_DEF_MAP_URL, signatures.SerializeToString()
         return response
-
-    def _run(
-        self,
-        model: ServedModel,
-        signature_name: str,
-        inputs: dict[str, np.ndarray],
-        seconds_left: float | None,
-        api: str = "Predict",
-    ) -> dict[str, np.ndarray]:
-        """The model call on the REST API's executor, bounded by the client's deadline (TF
-        Serving's RunOptions timeout); past it, the result is dropped as the call has ended."""
-        future = self.api.submit_run(model, api, signature_name, inputs)
-        try:
-            return future.result(timeout=seconds_left)
-        except FutureTimeout:
-            raise StatusError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
 
 
 class ModelService:

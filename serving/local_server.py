@@ -26,12 +26,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from serving.errors import ServingError
 from serving.http_server import Limits, RestServer
 from serving.memory import reuse_freed_memory
 from tfserving.conventions import GRPC_PORT, SERVE_TAGS
 from tfserving.errors import SidecarError
+
+if TYPE_CHECKING:
+    from serving.batching import BatchingOptions
 
 log = logging.getLogger("serving.local_server")
 
@@ -147,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send TF Serving's Access-Control-* headers with every REST answer",
     )
     add_runtime_flags(parser)
+    add_batching_flags(parser)
     add_limit_flags(parser)
     return parser
 
@@ -208,6 +213,40 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="times each warm-up request is run (<= 0: once)",
     )
+
+
+def add_batching_flags(parser: argparse.ArgumentParser) -> None:
+    """tensorflow_model_server's request batching flags (serving/batching.py)."""
+    group = parser.add_argument_group("batching (tensorflow_model_server's flags)")
+    group.add_argument(
+        "--enable_batching",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="merge concurrent predict calls of a model version and signature into one call",
+    )
+    group.add_argument(
+        "--batching_parameters_file",
+        type=Path,
+        help="BatchingParameters in text format (max_batch_size, batch_timeout_micros, ...); "
+        "without it, TF Serving's defaults",
+    )
+
+
+def batching_from(args: argparse.Namespace) -> BatchingOptions | None:
+    """The batching the flags ask for (None: none); raises ServingError for a bad parameters
+    file, or a file without --enable_batching (TF Serving's wording)."""
+    from serving.batching import read_batching_parameters  # numpy, protobuf: not for --help
+
+    if not args.enable_batching:
+        if args.batching_parameters_file is not None:
+            raise ServingError(
+                "server_options.batching_parameters_file is set without setting "
+                "server_options.enable_batching to true."
+            )
+        return None
+    return read_batching_parameters(args.batching_parameters_file)
 
 
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
@@ -365,7 +404,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     reuse_freed_memory()
+    try:  # before TensorFlow is imported: a bad file is reported at once
+        batching_options = batching_from(args)
+    except ServingError as e:
+        print(f"local_server: error: {e}", file=sys.stderr)
+        return 2
     # Imported here so that --help is instant: TensorFlow takes seconds to import.
+    from serving.batching import BatchScheduler
     from serving.grpc_api import GrpcServer, parse_channel_arguments
     from serving.metrics import ServingMetrics
     from serving.model_config import read_prometheus_path
@@ -391,12 +436,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     executor = ThreadPoolExecutor(args.rest_api_num_threads, thread_name_prefix="model")
+    batching = None
+    if batching_options is not None:
+        log.info("Batching enabled: %s", batching_options)
+        batching = BatchScheduler(batching_options)
     api = RestApi(
         models,
         executor,
         timeout_ms=args.rest_api_timeout_in_ms,
         metrics=metrics,
         metrics_path=metrics_path or None,
+        batching=batching,
     )
     grpc_server = None
     if args.port:
@@ -449,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.shutdown()
         os._exit(0)
     executor.shutdown(wait=True)
+    if batching is not None:
+        batching.stop()
     log.info("stopped")
     return 0
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from serving import classify, fast_tensor, json_tensor
+from serving.batching import BatchScheduler
 from serving.errors import StatusError, invalid_argument, not_found
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.model import ServedModel
@@ -54,6 +55,7 @@ class RestApi:
         timeout_ms: int = 30000,
         metrics: ServingMetrics | None = None,
         metrics_path: str | None = None,
+        batching: BatchScheduler | None = None,
     ) -> None:
         if isinstance(models, ServedModel):
             models = ModelManager.serving(models)
@@ -62,6 +64,7 @@ class RestApi:
         self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
         self.metrics = metrics or ServingMetrics()
         self.metrics_path = metrics_path  # --monitoring_config_file's Prometheus page, if any
+        self.batching = batching  # --enable_batching: model calls go through its queues
 
     def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, bytes]:
         if method == "GET" and path.split("?", 1)[0] == self.metrics_path:
@@ -152,7 +155,7 @@ class RestApi:
                     f"Failed to get input map for signature: {signature_name or 'DEFAULT'}"
                 )
             fmt, tensors = json_tensor.request_tensors(doc, inputs)
-        outputs = self._run_with_deadline(found[0], signature_name, tensors)
+        outputs = self.run(found[0], signature_name, tensors, self.timeout_s)
         return json_tensor.tensors_to_json(outputs, fmt)
 
     def _classify(
@@ -169,25 +172,35 @@ class RestApi:
         signature_name, examples = classify.examples_from_json(body)
         servable = find_servable(models, name, version, label)
         signature_name, tensors = classify.model_input(task, servable, signature_name, examples)
-        outputs = self._run_with_deadline(servable, signature_name, tensors, task.api)
+        outputs = self.run(servable, signature_name, tensors, self.timeout_s, task.api)
         return task.to_json(task.result(outputs, len(examples)))
 
-    def _run_with_deadline(
+    def run(
         self,
         model: ServedModel,
         signature_name: str,
         tensors: dict[str, np.ndarray],
+        timeout_s: float | None,
         api: str = "Predict",
     ) -> dict[str, np.ndarray]:
-        """The model call, bounded by --rest_api_timeout_in_ms like TF Serving's RunOptions.
+        """The model call of both APIs, bounded by a deadline like TF Serving's RunOptions
+        (--rest_api_timeout_in_ms, or the gRPC client's deadline); with --enable_batching it is
+        merged with other calls of the same model version and signature.
 
         A call past the deadline is answered with DEADLINE_EXCEEDED (504); TensorFlow can't
-        cancel it, so it finishes in the background and its result is dropped.
+        cancel a running call, so it finishes in the background and its result is dropped (a
+        call still waiting for its batch is dropped from it).
         """
-        future = self.submit_run(model, api, signature_name, tensors)
+        if self.batching is None:
+            future = self.submit_run(model, api, signature_name, tensors)
+        else:
+            start = time.perf_counter()  # the wait for the batch included
+            future = self.batching.submit(model, signature_name, tensors)
+            future.add_done_callback(lambda _: self.metrics.record_runtime(model.name, api, start))
         try:
-            return future.result(timeout=self.timeout_s)
+            return future.result(timeout=timeout_s)
         except FutureTimeout:
+            future.cancel()
             raise StatusError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
 
     def submit_run(
