@@ -5,8 +5,8 @@ TF Serving (servables/tensorflow/saved_model_warmup*.cc) reads
 each request `num_request_iterations` times right after the load, so that the first real
 requests don't pay for TensorFlow's lazy initialisation (graph optimisation, kernel choice,
 allocations); the version becomes AVAILABLE only afterwards, and a record that fails fails the
-load. At most 1000 records are read. This server replays PredictLog records; the other kinds
-(classify, regress, multi-inference, session run) are refused by name, failing the load.
+load. At most 1000 records are read. This server replays Predict, Classify and Regress records;
+the other kinds (multi-inference, session run) are refused by name, failing the load.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from serving import classify
 from serving.errors import StatusError, invalid_argument
 from serving.grpc_api import input_tensors, predict_signature
 from serving.metrics import ServingMetrics
@@ -75,15 +76,26 @@ def _parse(raw: bytes, path: Path) -> prediction_log_pb2.PredictionLog:
 
 
 def _replay(model: ServedModel, record: prediction_log_pb2.PredictionLog) -> None:
-    """One record's request, checked and run as a gRPC Predict of it would be."""
+    """One record's request, checked and run as a gRPC call of it would be."""
     kind = record.WhichOneof("log_type")
-    if kind != "predict_log":
+    if kind == "predict_log":
+        request = record.predict_log.request
+        signature_name, signature = predict_signature(model, request)
+        model.run(signature_name, input_tensors(signature, request.inputs))
+    elif kind in _TASKS:
+        request = getattr(record, kind).request
+        examples = classify.examples_from_input(request.input)
+        signature_name, inputs = classify.model_input(
+            _TASKS[kind], model, request.model_spec.signature_name, examples
+        )
+        model.run(signature_name, inputs)
+    else:
         number = record.DESCRIPTOR.fields_by_name[kind].number if kind else 0
         raise StatusError(
             "UNIMPLEMENTED",
             f"Unsupported log_type for warmup: {number} ({kind}; this server replays "
-            "predict_log records only)",
+            "predict, classify and regress records)",
         )
-    request = record.predict_log.request
-    signature_name, signature = predict_signature(model, request)
-    model.run(signature_name, input_tensors(signature, request.inputs))
+
+
+_TASKS = {"classify_log": classify.CLASSIFY, "regress_log": classify.REGRESS}

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_log_pb2
 
 from sidecar_testing.data import ROOT
+from sidecar_testing.half_plus_two import build_half_plus_two
 from sidecar_testing.servers import LocalServer
 
 WARMUP_RECORDS = 3
@@ -117,15 +118,45 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_warmup_record_it_cannot_replay_fails_the_load(tmp_path) -> None:
-    classify = prediction_log_pb2.PredictionLog()
-    classify.classify_log.request.model_spec.name = "counting"
-    base = counting_model(tmp_path, [predict_record(1.0), classify])
+    multi = prediction_log_pb2.PredictionLog()
+    multi.multi_inference_log.SetInParent()
+    base = counting_model(tmp_path, [predict_record(1.0), multi])
     result = run_cli("--model_name=counting", f"--model_base_path={base}")
     assert result.returncode == 1
     assert (
         "1 model(s) did not become available: {name: counting version: 1} due to error: "
-        "UNIMPLEMENTED: Unsupported log_type for warmup: 2"
+        "UNIMPLEMENTED: Unsupported log_type for warmup: 4"
     ) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def task_record(kind: str, signature_name: str, x: float) -> prediction_log_pb2.PredictionLog:
+    """A classify_log or regress_log record asking `signature_name` about one example {x}."""
+    record = prediction_log_pb2.PredictionLog()
+    request = getattr(record, kind).request
+    request.model_spec.signature_name = signature_name
+    example = request.input.example_list.examples.add()
+    example.features.feature["x"].float_list.value.append(x)
+    return record
+
+
+def test_classify_and_regress_records_are_replayed_through_their_checks(tmp_path) -> None:
+    """TF Serving warms classify and regress signatures too; a record naming a signature of the
+    wrong kind fails the load, which shows the records really go through the Classify and
+    Regress checks."""
+    good = build_half_plus_two(tmp_path / "good")
+    records = [
+        task_record("classify_log", "classify_x_to_y", 20.0),
+        task_record("regress_log", "regress_x_to_y", 80.0),
+    ]
+    write_warmup(good / "1", records)
+    with LocalServer(good, model_name="half_plus_two") as server:
+        assert "Number of warmup records read: 2" in server.stderr()
+    bad = build_half_plus_two(tmp_path / "bad")
+    write_warmup(bad / "1", [task_record("regress_log", "classify_x_to_y", 1.0)])
+    result = run_cli("--model_name=half_plus_two", f"--model_base_path={bad}")
+    assert result.returncode == 1
+    assert "did not become available" in result.stderr
     assert "Traceback" not in result.stderr
 
 

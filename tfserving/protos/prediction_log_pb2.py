@@ -22,28 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from tfserving.protos import classification_pb2 as tfserving_dot_protos_dot_classification__pb2
 from tfserving.protos import predict_pb2 as tfserving_dot_protos_dot_predict__pb2
+from tfserving.protos import regression_pb2 as tfserving_dot_protos_dot_regression__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tfserving/protos/prediction_log.proto\x12\x11sidecar.tfserving\x1a\x1etfserving/protos/predict.proto\"\r\n\x0b\x43lassifyLog\"\x0c\n\nRegressLog\"\x13\n\x11MultiInferenceLog\"\x0f\n\rSessionRunLog\"v\n\nPredictLog\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.sidecar.tfserving.PredictRequest\x12\x34\n\x08response\x18\x02 \x01(\x0b\x32\".sidecar.tfserving.PredictResponse\"~\n\x12PredictStreamedLog\x12\x32\n\x07request\x18\x01 \x03(\x0b\x32!.sidecar.tfserving.PredictRequest\x12\x34\n\x08response\x18\x02 \x03(\x0b\x32\".sidecar.tfserving.PredictResponse\"\x88\x03\n\rPredictionLog\x12\x36\n\x0c\x63lassify_log\x18\x02 \x01(\x0b\x32\x1e.sidecar.tfserving.ClassifyLogH\x00\x12\x34\n\x0bregress_log\x18\x03 \x01(\x0b\x32\x1d.sidecar.tfserving.RegressLogH\x00\x12\x34\n\x0bpredict_log\x18\x06 \x01(\x0b\x32\x1d.sidecar.tfserving.PredictLogH\x00\x12\x45\n\x14predict_streamed_log\x18\x07 \x01(\x0b\x32%.sidecar.tfserving.PredictStreamedLogH\x00\x12\x43\n\x13multi_inference_log\x18\x04 \x01(\x0b\x32$.sidecar.tfserving.MultiInferenceLogH\x00\x12;\n\x0fsession_run_log\x18\x05 \x01(\x0b\x32 .sidecar.tfserving.SessionRunLogH\x00\x42\n\n\x08log_typeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%tfserving/protos/prediction_log.proto\x12\x11sidecar.tfserving\x1a%tfserving/protos/classification.proto\x1a\x1etfserving/protos/predict.proto\x1a!tfserving/protos/regression.proto\"\x85\x01\n\x0b\x43lassifyLog\x12\x39\n\x07request\x18\x01 \x01(\x0b\x32(.sidecar.tfserving.ClassificationRequest\x12;\n\x08response\x18\x02 \x01(\x0b\x32).sidecar.tfserving.ClassificationResponse\"|\n\nRegressLog\x12\x35\n\x07request\x18\x01 \x01(\x0b\x32$.sidecar.tfserving.RegressionRequest\x12\x37\n\x08response\x18\x02 \x01(\x0b\x32%.sidecar.tfserving.RegressionResponse\"\x13\n\x11MultiInferenceLog\"\x0f\n\rSessionRunLog\"v\n\nPredictLog\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.sidecar.tfserving.PredictRequest\x12\x34\n\x08response\x18\x02 \x01(\x0b\x32\".sidecar.tfserving.PredictResponse\"~\n\x12PredictStreamedLog\x12\x32\n\x07request\x18\x01 \x03(\x0b\x32!.sidecar.tfserving.PredictRequest\x12\x34\n\x08response\x18\x02 \x03(\x0b\x32\".sidecar.tfserving.PredictResponse\"\x88\x03\n\rPredictionLog\x12\x36\n\x0c\x63lassify_log\x18\x02 \x01(\x0b\x32\x1e.sidecar.tfserving.ClassifyLogH\x00\x12\x34\n\x0bregress_log\x18\x03 \x01(\x0b\x32\x1d.sidecar.tfserving.RegressLogH\x00\x12\x34\n\x0bpredict_log\x18\x06 \x01(\x0b\x32\x1d.sidecar.tfserving.PredictLogH\x00\x12\x45\n\x14predict_streamed_log\x18\x07 \x01(\x0b\x32%.sidecar.tfserving.PredictStreamedLogH\x00\x12\x43\n\x13multi_inference_log\x18\x04 \x01(\x0b\x32$.sidecar.tfserving.MultiInferenceLogH\x00\x12;\n\x0fsession_run_log\x18\x05 \x01(\x0b\x32 .sidecar.tfserving.SessionRunLogH\x00\x42\n\n\x08log_typeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tfserving.protos.prediction_log_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFYLOG']._serialized_start=92
-  _globals['_CLASSIFYLOG']._serialized_end=105
-  _globals['_REGRESSLOG']._serialized_start=107
-  _globals['_REGRESSLOG']._serialized_end=119
-  _globals['_MULTIINFERENCELOG']._serialized_start=121
-  _globals['_MULTIINFERENCELOG']._serialized_end=140
-  _globals['_SESSIONRUNLOG']._serialized_start=142
-  _globals['_SESSIONRUNLOG']._serialized_end=157
-  _globals['_PREDICTLOG']._serialized_start=159
-  _globals['_PREDICTLOG']._serialized_end=277
-  _globals['_PREDICTSTREAMEDLOG']._serialized_start=279
-  _globals['_PREDICTSTREAMEDLOG']._serialized_end=405
-  _globals['_PREDICTIONLOG']._serialized_start=408
-  _globals['_PREDICTIONLOG']._serialized_end=800
+  _globals['_CLASSIFYLOG']._serialized_start=167
+  _globals['_CLASSIFYLOG']._serialized_end=300
+  _globals['_REGRESSLOG']._serialized_start=302
+  _globals['_REGRESSLOG']._serialized_end=426
+  _globals['_MULTIINFERENCELOG']._serialized_start=428
+  _globals['_MULTIINFERENCELOG']._serialized_end=447
+  _globals['_SESSIONRUNLOG']._serialized_start=449
+  _globals['_SESSIONRUNLOG']._serialized_end=464
+  _globals['_PREDICTLOG']._serialized_start=466
+  _globals['_PREDICTLOG']._serialized_end=584
+  _globals['_PREDICTSTREAMEDLOG']._serialized_start=586
+  _globals['_PREDICTSTREAMEDLOG']._serialized_end=712
+  _globals['_PREDICTIONLOG']._serialized_start=715
+  _globals['_PREDICTIONLOG']._serialized_end=1107
 # @@protoc_insertion_point(module_scope)
