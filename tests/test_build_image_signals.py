@@ -8,6 +8,15 @@ import pytest
 from image_builder.builder import signals_deferred
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_interrupts():
+    """Ctrl-C as in a terminal: a process started in the background by a shell (`cmd &`)
+    begins with SIGINT ignored, and Python then leaves it so, which these tests must not see."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_takes_effect_only_when_the_block_ends() -> None:
     finished = False
     with pytest.raises(KeyboardInterrupt), signals_deferred():
