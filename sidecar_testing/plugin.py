@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import docker
@@ -70,6 +71,34 @@ def model_kind(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return build_kind(kind, root)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def kind_server(
+    model_kind: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], LocalServer]]:
+    """kind_server(KIND): the local server serving that kind's model as KIND. One server
+    process serves every kind (a --model_config_file listing them all), started on first use:
+    one start instead of one per kind."""
+    from sidecar_testing.model_kinds import KINDS
+
+    config = tmp_path_factory.mktemp("kind-server") / "models.config"
+    entries = "".join(
+        f'  config {{ name: "{kind}" base_path: "{model_kind(kind)}" model_platform: '
+        '"tensorflow" }\n'
+        for kind in sorted(KINDS)
+    )
+    server: list[LocalServer] = []
+    with ExitStack() as stack:
+
+        def serving(kind: str) -> LocalServer:
+            if not server:
+                config.write_text("model_config_list {\n" + entries + "}\n")
+                started = LocalServer(None, extra_args=[f"--model_config_file={config}"])
+                server.append(stack.enter_context(started))
+            return server[0].serving(kind)
+
+        yield serving
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ server's own account of what arrived, so no proxy is needed between client and s
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -113,6 +114,13 @@ class LocalServer:
             f"--port={self.grpc_port}",
             *self.extra_args,
         ]
+
+    def serving(self, model_name: str) -> LocalServer:
+        """This same server process named by another model it serves (--model_config_file):
+        its URLs and request counts are that model's. The original keeps the process's life."""
+        view = copy.copy(self)
+        view.model_name = model_name
+        return view
 
     def _model_flags(self) -> list[str]:
         if self.model_base_path is None:

@@ -8,7 +8,6 @@ The models are the shared SSD with masks and keypoints drawn from its boxes
 import json
 import math
 import shutil
-from contextlib import ExitStack
 
 import numpy as np
 import pytest
@@ -21,25 +20,9 @@ from object_detection.visualize import MASK_ALPHA, class_color, font_size, line_
 from sidecar_testing.cli import run
 from sidecar_testing.data import COCO_DOG, IMAGE1, IMAGE2, LEFT_DOG, RIGHT_DOG, ROOT
 from sidecar_testing.model_kinds import KEYPOINT_SCORE, STICK_FIGURE
-from sidecar_testing.servers import LocalServer
 
 WIDTH, HEIGHT = Image.open(IMAGE1).size
 INSTANCE_OUTPUTS = {"detection_masks", "detection_keypoints", "detection_keypoint_scores"}
-
-
-@pytest.fixture(scope="module")
-def server_of(model_kind):
-    """`server_of("box_masks")`: a local server of that kind, one per kind for the module."""
-    servers = {}
-    with ExitStack() as stack:
-
-        def start(kind):
-            if kind not in servers:
-                model = LocalServer(model_kind(kind), model_name=kind)
-                servers[kind] = stack.enter_context(model)
-            return servers[kind]
-
-        yield start
 
 
 @pytest.fixture(autouse=True)
@@ -126,8 +109,8 @@ def assert_masks_filled(picture, detections, masks):
     assert diff[untouched].mean() < 1.5 and diff[untouched].max() < 40
 
 
-def test_box_masks_with_the_seed_command(server_of, tmp_path):
-    result = seed_command(server_of("box_masks"), tmp_path / "image1.json")
+def test_box_masks_with_the_seed_command(kind_server, tmp_path):
+    result = seed_command(kind_server("box_masks"), tmp_path / "image1.json")
     for dog in two_dogs(result):
         assert_mask_in_its_box(dog)
     masks = [decoded(d) for d in result["detections"]]
@@ -137,9 +120,9 @@ def test_box_masks_with_the_seed_command(server_of, tmp_path):
     assert "detection_boxes" in raw and not INSTANCE_OUTPUTS & set(raw)
 
 
-def test_image_masks_from_a_smaller_sent_image(server_of, tmp_path):
+def test_image_masks_from_a_smaller_sent_image(kind_server, tmp_path):
     # Full-image masks over the image sent (320 px wide here): scaled up to the photo's size.
-    result = seed_command(server_of("image_masks"), tmp_path / "image1.json", "--max_side", 320)
+    result = seed_command(kind_server("image_masks"), tmp_path / "image1.json", "--max_side", 320)
     assert result["request"]["sent_size"] == [320, round(320 * HEIGHT / WIDTH)]
     for dog in two_dogs(result):
         assert_mask_in_its_box(dog)
@@ -148,8 +131,8 @@ def test_image_masks_from_a_smaller_sent_image(server_of, tmp_path):
     assert not INSTANCE_OUTPUTS & set(result["raw_response"]["predictions"][0])
 
 
-def test_no_masks_keeps_them_out_of_the_json_but_on_the_picture(server_of, tmp_path):
-    server = server_of("box_masks")
+def test_no_masks_keeps_them_out_of_the_json_but_on_the_picture(kind_server, tmp_path):
+    server = kind_server("box_masks")
     with_masks = seed_command(server, tmp_path / "with.json")
     without = seed_command(server, tmp_path / "without.json", "--no-masks")
     assert not any("mask" in d for d in without["detections"])
@@ -158,8 +141,8 @@ def test_no_masks_keeps_them_out_of_the_json_but_on_the_picture(server_of, tmp_p
     assert_masks_filled(tmp_path / "without_annotated.jpg", without["detections"], masks)
 
 
-def test_masks_over_grpc_are_the_same(server_of, tmp_path):
-    server = server_of("box_masks")
+def test_masks_over_grpc_are_the_same(kind_server, tmp_path):
+    server = kind_server("box_masks")
     rest = seed_command(server, tmp_path / "rest.json")
     grpc = seed_command(
         server, tmp_path / "grpc.json", "--model_name", server.model_name, url=server.grpc_url
@@ -168,8 +151,8 @@ def test_masks_over_grpc_are_the_same(server_of, tmp_path):
     assert not INSTANCE_OUTPUTS & set(grpc["raw_response"]["predictions"][0])
 
 
-def test_keypoints_in_pixels_inside_their_box(server_of, tmp_path):
-    result = seed_command(server_of("keypoints"), tmp_path / "image1.json")
+def test_keypoints_in_pixels_inside_their_box(kind_server, tmp_path):
+    result = seed_command(kind_server("keypoints"), tmp_path / "image1.json")
     for dog in two_dogs(result):
         ymin, xmin, ymax, xmax = dog["box_pixels"]
         points = np.array(dog["keypoints"])
@@ -240,9 +223,9 @@ def evaluate(gt, results_path, iou_type):
     return stats
 
 
-def test_coco_results_for_one_photo(server_of, tmp_path):
+def test_coco_results_for_one_photo(kind_server, tmp_path):
     output = tmp_path / "image1.json"
-    results = seed_command(server_of("box_masks"), output, "--format", "coco")
+    results = seed_command(kind_server("box_masks"), output, "--format", "coco")
     assert {r["image_id"] for r in results} == {1}
     assert all(
         set(r) == {"image_id", "category_id", "bbox", "score", "segmentation"} for r in results
@@ -258,7 +241,7 @@ def test_coco_results_for_one_photo(server_of, tmp_path):
     assert evaluate(gt, output, "segm")[1] > 0.8  # AP at IoU 0.5: the ellipses overlap
 
 
-def test_coco_keypoints(server_of, tmp_path):
+def test_coco_keypoints(kind_server, tmp_path):
     output = tmp_path / "image1.json"
     gt = ground_truth(
         tmp_path / "gt.json",
@@ -266,7 +249,7 @@ def test_coco_keypoints(server_of, tmp_path):
         dog_annotations(3, keypoints=True),
     )
     results = seed_command(
-        server_of("keypoints"), output, "--format", "coco", "--coco_gt", tmp_path / "gt.json"
+        kind_server("keypoints"), output, "--format", "coco", "--coco_gt", tmp_path / "gt.json"
     )
     assert {r["image_id"] for r in results} == {3}
     assert all(len(r["keypoints"]) == 51 and r["keypoints"][2::3] == [2] * 17 for r in results)
@@ -274,8 +257,8 @@ def test_coco_keypoints(server_of, tmp_path):
     assert evaluate(gt, output, "keypoints")[0] > 0.8
 
 
-def test_coco_results_for_a_folder_with_resume(server_of, tmp_path):
-    server = server_of("box_masks")
+def test_coco_results_for_a_folder_with_resume(kind_server, tmp_path):
+    server = kind_server("box_masks")
     stray = tmp_path / "photos" / "stray.jpg"
     stray.parent.mkdir()
     shutil.copy(IMAGE1, stray)
@@ -305,8 +288,8 @@ def test_coco_results_for_a_folder_with_resume(server_of, tmp_path):
     assert json.loads((out / "coco_results.json").read_text()) == results
 
 
-def test_coco_ids_of_a_folder_without_ground_truth(server_of, tmp_path):
-    server = server_of("box_masks")
+def test_coco_ids_of_a_folder_without_ground_truth(kind_server, tmp_path):
+    server = kind_server("box_masks")
     out = tmp_path / "out"
     result = run("predict", "--server_url", server.predict_url, IMAGE2, IMAGE1,
                  "--output_dir", out, "--format", "coco", "--no-masks")  # fmt: skip
@@ -318,8 +301,8 @@ def test_coco_ids_of_a_folder_without_ground_truth(server_of, tmp_path):
     assert len(dogs) == 2 and not any("segmentation" in r for r in results)
 
 
-def test_coco_options_misused(server_of, tmp_path):
-    server = server_of("box_masks")
+def test_coco_options_misused(kind_server, tmp_path):
+    server = kind_server("box_masks")
     (tmp_path / "gt.json").write_text("{}")
     result = run("--server_url", server.predict_url, IMAGE1, "--coco_gt", tmp_path / "gt.json")
     assert result.exit_code == 2 and "--coco_gt goes with --format coco" in result.output

@@ -17,7 +17,7 @@ import pytest
 from sidecar_testing.cli import run
 from sidecar_testing.data import COCO_DOG, IMAGE1, LEFT_DOG, RIGHT_DOG
 from sidecar_testing.model_kinds import KINDS
-from sidecar_testing.servers import LocalServer, predict_requests
+from sidecar_testing.servers import predict_requests
 
 # kind -> (the client's extra options, what the JSON says was sent, the signature called)
 EXPECTED = {
@@ -40,11 +40,10 @@ def test_every_kind_is_tested() -> None:
     assert set(EXPECTED) == set(KINDS)
 
 
-@pytest.fixture(scope="module", params=sorted(KINDS))
-def served(request: pytest.FixtureRequest, model_kind):
+@pytest.fixture(params=sorted(KINDS))
+def served(request: pytest.FixtureRequest, kind_server):
     kind = request.param
-    with LocalServer(model_kind(kind), model_name=kind) as server:
-        yield kind, server
+    return kind, kind_server(kind)
 
 
 def seed_command(server_url: str, output_json, *extra: str) -> list[str]:
