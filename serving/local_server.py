@@ -70,6 +70,14 @@ class Poller(threading.Thread):
                 log.error("%s: %s: %s", self.name, type(e).__name__, e)
 
 
+def add_bool_flag(
+    parser: argparse._ActionsContainer, flag: str, default: bool, meaning: str
+) -> None:
+    """A tensorflow::Flag bool: `--flag` alone is true, `--flag=true/false/1/0` sets it. (The
+    container is a parser or one of its argument groups.)"""
+    parser.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default, help=meaning)
+
+
 def parse_bool(text: str) -> bool:
     """A tensorflow::Flag bool: --flag, --flag=true/false, --flag=1/0."""
     value = text.strip().lower()
@@ -142,13 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=max(4, 2 * (os.cpu_count() or 1)),
         help="model calls run at the same time",
     )
-    parser.add_argument(
+    add_bool_flag(
+        parser,
         "--rest_api_enable_cors_support",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="send TF Serving's Access-Control-* headers with every REST answer",
+        False,
+        "send TF Serving's Access-Control-* headers with every REST answer",
     )
     add_runtime_flags(parser)
     add_batching_flags(parser)
@@ -170,13 +176,11 @@ def add_model_config_flags(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="how often to re-read --model_config_file (<= 0: read once, at start-up)",
     )
-    parser.add_argument(
+    add_bool_flag(
+        parser,
         "--allow_version_labels_for_unavailable_models",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="let a version label name a version that is not loaded (yet)",
+        False,
+        "let a version label name a version that is not loaded (yet)",
     )
     parser.add_argument(
         "--monitoring_config_file",
@@ -199,13 +203,11 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
         default=",".join(SERVE_TAGS),
         help="comma-separated tags of the MetaGraph to load (default: %(default)s)",
     )
-    parser.add_argument(
+    add_bool_flag(
+        parser,
         "--enable_model_warmup",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        default=True,
-        help="replay assets.extra/tf_serving_warmup_requests before serving a version",
+        True,
+        "replay assets.extra/tf_serving_warmup_requests before serving a version",
     )
     parser.add_argument(
         "--num_request_iterations_for_warmup",
@@ -218,13 +220,11 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
 def add_batching_flags(parser: argparse.ArgumentParser) -> None:
     """tensorflow_model_server's request batching flags (serving/batching.py)."""
     group = parser.add_argument_group("batching (tensorflow_model_server's flags)")
-    group.add_argument(
+    add_bool_flag(
+        group,
         "--enable_batching",
-        type=parse_bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="merge concurrent predict calls of a model version and signature into one call",
+        False,
+        "merge concurrent predict calls of a model version and signature into one call",
     )
     group.add_argument(
         "--batching_parameters_file",

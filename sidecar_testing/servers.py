@@ -206,6 +206,18 @@ class LocalServer:
             self._stderr.close()
 
 
+def run_local_server(*args: str) -> subprocess.CompletedProcess:
+    """`python -m serving.local_server ARGS` run to its end, for what ends it (--help, start-up
+    errors): its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "serving.local_server", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def predict_requests(server: LocalServer) -> int:
     """How many predict requests the server has answered so far (its log: one line per request).
 

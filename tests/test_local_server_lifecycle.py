@@ -10,16 +10,14 @@ import base64
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 import zlib
 
 import pytest
 import requests
 
-from sidecar_testing.data import ENCODED_MODEL, IMAGE1, IMAGE2, ROOT
-from sidecar_testing.servers import HOST, LocalServer, port_accepts
+from sidecar_testing.data import ENCODED_MODEL, IMAGE1, IMAGE2
+from sidecar_testing.servers import HOST, LocalServer, port_accepts, run_local_server
 
 
 def b64_request(image) -> dict:
@@ -169,14 +167,7 @@ def test_a_failing_graph_is_a_500_with_its_message(zlib_model) -> None:
         assert response.json() == {"predictions": ["hello"]}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serving.local_server", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+run_cli = run_local_server
 
 
 def test_help_shows_tf_serving_flags_and_examples() -> None:

@@ -9,8 +9,7 @@ PredictionLog messages (tensorflow-serving-api, a test dependency), as a user's 
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import functools
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ import tensorflow as tf
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_log_pb2
 
-from sidecar_testing.data import ROOT
 from sidecar_testing.half_plus_two import build_half_plus_two
-from sidecar_testing.servers import LocalServer
+from sidecar_testing.servers import LocalServer, run_local_server
 
 WARMUP_RECORDS = 3
 
@@ -107,14 +105,8 @@ def test_warmup_can_be_turned_off(warmed) -> None:
         assert calls_of_first_request(server) == 1
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serving.local_server", "--rest_api_port=0", "--port=0", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+# Ports 0: a start-up error must come before any port is opened.
+run_cli = functools.partial(run_local_server, "--rest_api_port=0", "--port=0")
 
 
 def test_a_warmup_record_it_cannot_replay_fails_the_load(tmp_path) -> None:

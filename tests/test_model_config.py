@@ -10,8 +10,7 @@ to the shared version directories.
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
+import functools
 import time
 from pathlib import Path
 
@@ -31,8 +30,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving.model_config import VersionPolicy
-from sidecar_testing.data import ENCODED_MODEL, IMAGE1, PIXEL_MODEL, ROOT
-from sidecar_testing.servers import LocalServer
+from sidecar_testing.data import ENCODED_MODEL, IMAGE1, PIXEL_MODEL
+from sidecar_testing.servers import LocalServer, run_local_server
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 PIXELS = {"instances": np.zeros((1, 8, 8, 3), np.uint8).tolist()}
@@ -387,14 +386,8 @@ def test_handle_reload_config_request_swaps_the_models(tmp_path) -> None:
 # ---- start-up errors -------------------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "serving.local_server", "--rest_api_port=0", "--port=0", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+# Ports 0: a start-up error must come before any port is opened.
+run_cli = functools.partial(run_local_server, "--rest_api_port=0", "--port=0")
 
 
 @pytest.mark.parametrize(
