@@ -435,6 +435,13 @@ def test_manifest_gets_the_digest_and_nothing_else(
     assert [str(p) for p in problems if not p.note] == []
 
 
+def ctrl_c_as_in_a_terminal() -> None:
+    """In the child, before it runs: SIGINT's default action, as a command started from a
+    terminal has it. Tests started in the background (`cmd &`) have SIGINT ignored, and
+    children inherit that: Ctrl-C would then do nothing at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     ("phase", "signum"),
     [
@@ -469,6 +476,7 @@ def test_interrupt_leaves_no_container_and_no_image(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     docker_cleanup.process(proc.pid)
     try:
