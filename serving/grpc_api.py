@@ -40,7 +40,7 @@ from serving.json_tensor import dtype_string
 from serving.model import ServedModel
 from serving.model_config import model_list
 from serving.model_manager import ModelManager
-from serving.rest_api import RestApi, model_status
+from serving.rest_api import RestApi
 from tfserving.conventions import DEFAULT_SIGNATURE, GRPC_PORT
 from tfserving.grpc_client import (
     CLASSIFY,
@@ -123,9 +123,7 @@ class PredictionService:
         aliases = output_aliases(signature, request.output_filter)
         outputs = self.api.run(model, signature_name, inputs, context.time_remaining())
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = model.version
-        response.model_spec.signature_name = signature_name
+        _answering(response.model_spec, request, model, signature_name)
         for alias in aliases:
             encode_tensor(outputs[alias], response.outputs[alias], typed=True)
         return response
@@ -181,8 +179,7 @@ class PredictionService:
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
+        spec = requested_spec(request)
         if not request.metadata_field:
             raise invalid_argument(
                 "GetModelMetadataRequest must specify at least one metadata_field"
@@ -191,7 +188,7 @@ class PredictionService:
             if field != SIGNATURE_DEF:
                 # TF Serving's StrCat leaves the "%s" in and appends the field: its wording.
                 raise invalid_argument(f"Metadata field %s is not supported{field}")
-        model = self.api.models.find(*model_spec(request.model_spec))
+        model = self.api.models.find(*spec)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in model.meta_graph.signature_def.items():
             # TensorFlow's SignatureDef and ours are one wire format: copied by its bytes.
@@ -216,12 +213,10 @@ class ModelService:
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: Any
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
-        name, version, _ = model_spec(request.model_spec)  # labels are ignored, as over REST
-        # The REST answer: the same checks, the same text.
-        answer = model_status(self.api.models, name, version)
-        return json_format.Parse(answer, get_model_status_pb2.GetModelStatusResponse())
+        name, version, _ = requested_spec(request)  # labels are ignored, as over REST
+        # REST's answer (the same checks), as the message.
+        status = self.api.models.status(name, version)
+        return json_format.ParseDict(status, get_model_status_pb2.GetModelStatusResponse())
 
     @answered
     def HandleReloadConfigRequest(
@@ -249,8 +244,12 @@ def _answering(spec: Any, request: Any, model: ServedModel, signature_name: str)
     spec.signature_name = signature_name
 
 
-def model_spec(spec: Any) -> tuple[str, int | None, str | None]:
-    """(name, version or None for the latest, label or None) of a request's ModelSpec."""
+def requested_spec(request: Any) -> tuple[str, int | None, str | None]:
+    """(name, version or None for the latest, label or None) of a request's ModelSpec, which
+    every call must carry."""
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+    spec = request.model_spec
     choice = spec.WhichOneof("version_choice")
     version = spec.version.value if choice == "version" else None
     return spec.name, version, spec.version_label if choice == "version_label" else None
@@ -258,9 +257,7 @@ def model_spec(spec: Any) -> tuple[str, int | None, str | None]:
 
 def _requested(models: ModelManager, request: Any) -> ServedModel:
     """The model version the request names (ServerCore::GetServableHandle's wording)."""
-    if not request.HasField("model_spec"):
-        raise invalid_argument("Missing ModelSpec")
-    return models.find(*model_spec(request.model_spec))  # a label as sent: no URL decoding
+    return models.find(*requested_spec(request))  # a label as sent: no URL decoding
 
 
 def predict_signature(model: ServedModel, request: Any) -> tuple[str, Any]:

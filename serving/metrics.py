@@ -49,7 +49,6 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._counters: set[str] = set()
         self.request_count = self._counter(
             "/tensorflow/serving/request_count",
             "The total number of requests.",
@@ -87,9 +86,7 @@ class ServingMetrics:
         )
 
     def _counter(self, name: str, documentation: str, labels: tuple[str, ...]) -> Counter:
-        metric = Counter(prometheus_name(name), documentation, labels, registry=self.registry)
-        self._counters.add(prometheus_name(name))
-        return metric
+        return Counter(prometheus_name(name), documentation, labels, registry=self.registry)
 
     def _histogram(self, name: str, documentation: str, labels: tuple[str, ...]) -> Histogram:
         return Histogram(
@@ -127,8 +124,10 @@ class ServingMetrics:
         """The metrics in PrometheusExporter::GeneratePage's form."""
         lines = []
         for family in self.registry.collect():
-            counter = family.name in self._counters
-            lines.append(f"# TYPE {family.name} {'counter' if counter else family.type}")
+            # A counter's family is named without the `_total` its samples carry here: TF
+            # Serving's samples have the family's name.
+            counter = family.type == "counter"
+            lines.append(f"# TYPE {family.name} {family.type}")
             for sample in family.samples:
                 if sample.name.endswith("_created"):
                     continue  # prometheus_client's own; TF Serving has no such samples
