@@ -102,10 +102,9 @@ class TFServingClient:
         self.max_response_bytes = max_response_bytes
         self._pool = _pool(spec.base_url, pool_size, ca_file)
         self._headers = dict(_HEADERS)
+        authorization = spec.authorization(authorization)
         if authorization:
             self._headers["Authorization"] = authorization
-        elif spec.credentials:
-            self._headers.update(urllib3.make_headers(basic_auth=spec.credentials))
         self._metadata: ModelMetadata | None = None
         self._lock = threading.Lock()
 

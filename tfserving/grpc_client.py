@@ -138,10 +138,7 @@ class GrpcClient:
         url = urlsplit(spec.base_url)
         host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname
         options.setdefault("tls", url.scheme == "https")
-        if spec.credentials and not options.get("authorization"):
-            options["authorization"] = (
-                "Basic " + base64.b64encode(spec.credentials.encode()).decode()
-            )
+        options["authorization"] = spec.authorization(options.get("authorization"))
         return cls(f"{host}:{port}", spec.model_name, spec.version, spec.label, **options)
 
     def __enter__(self) -> GrpcClient:

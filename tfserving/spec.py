@@ -50,6 +50,17 @@ class ServerSpec:
         if not self.model_name:
             raise ServerSpecError("the model name is empty")
 
+    def authorization(self, given: str | None = None) -> str | None:
+        """The Authorization header value both clients send: the one `given` (a token), else
+        basic auth from the URL's credentials (urllib3's encoding), else none."""
+        if given:
+            return given
+        if not self.credentials:
+            return None
+        from urllib3 import make_headers
+
+        return make_headers(basic_auth=self.credentials)["authorization"]
+
     @classmethod
     def from_url(
         cls,
