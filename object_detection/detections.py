@@ -111,7 +111,21 @@ def parse_detections(
     label map, unless the model names its classes itself (detection_class_entities, then
     detection_class_names): those names win. A model that gives names only gets the label
     map's id for each name (0 for a name the map lacks)."""
-    outputs = first_instance(response, unbatched)
+    return detections_from_outputs(
+        first_instance(response, unbatched), width, height, label_map, min_score, max_boxes
+    )
+
+
+def detections_from_outputs(
+    outputs: Mapping[str, Any],
+    width: int,
+    height: int,
+    label_map: LabelMap,
+    min_score: float = 0.5,
+    max_boxes: int | None = None,
+) -> list[Detection]:
+    """parse_detections on one image's outputs (`first_instance` of the answer), for a caller
+    that reads more of them (masks, keypoints)."""
     id_output = next((name for name in CLASS_ID_OUTPUTS if name in outputs), None)
     name_output = next((name for name in CLASS_NAME_OUTPUTS if name in outputs), None)
     missing = [name for name in (BOXES, SCORES) if name not in outputs]

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from object_detection.detections import Detection, first_instance, parse_detections
+from object_detection.detections import Detection, detections_from_outputs, first_instance
 from object_detection.errors import OutputError
 from object_detection.images import LoadedImage, load_image
 from object_detection.instances import attach_instances, detection_json, without_instance_outputs
@@ -103,18 +103,11 @@ def detect(
     response = client.predict(body, plan.columnar)
     answered = time.perf_counter()
 
-    detections = parse_detections(
-        response,
-        image.width,
-        image.height,
-        label_map,
-        options.min_score,
-        options.max_boxes,
-        plan.unbatched,
+    outputs = first_instance(response, plan.unbatched)
+    detections = detections_from_outputs(
+        outputs, image.width, image.height, label_map, options.min_score, options.max_boxes
     )
-    detections = attach_instances(
-        detections, first_instance(response, plan.unbatched), image.size, sent_size
-    )
+    detections = attach_instances(detections, outputs, image.size, sent_size)
     done = time.perf_counter()
     return DetectionResult(
         image=image,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from object_detection.detections import CLASS_ID_OUTPUTS, CLASS_NAME_OUTPUTS
 from tfserving.errors import UnfeedableInput
 from tfserving.metadata import Signature, TensorSpec
+from tfserving.model_client import NO_JSON_FORM
 
 ENCODING_FOR_DTYPE = {
     "DT_STRING": "b64",
@@ -97,8 +98,8 @@ class Plan:
             if self.float_input and not self.unit_range:
                 values += " (--input_range 0-1 for 0-1)"
             sent = f"RGB pixels as {self.input.dtype} {values} to {self.input.name!r}"
-            if self.input.dtype == "DT_HALF":
-                sent += " (gRPC only: TF Serving's REST API takes no DT_HALF)"
+            if self.input.dtype in NO_JSON_FORM:
+                sent += f" (gRPC only: TF Serving's REST API takes no {self.input.dtype})"
             if self.fixed_size:
                 sent += ", resized to {}x{}".format(*self.fixed_size)
         request = "columnar 'inputs'" if self.columnar else "row 'instances'"

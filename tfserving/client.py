@@ -54,7 +54,7 @@ from tfserving.errors import (
     ServerUnreachable,
 )
 from tfserving.metadata import ModelMetadata, field, parse_metadata
-from tfserving.model_client import DEFAULT_FORM, RequestForm
+from tfserving.model_client import DEFAULT_FORM, NO_JSON_FORM, RequestForm
 from tfserving.spec import ServerSpec
 
 if TYPE_CHECKING:
@@ -64,8 +64,6 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20  # 10x a 100-detection answer with every raw output
 _CHUNK = 2**16
-# Input dtypes TF Serving's JSON reader can't fill (json_tensor.cc has no case for them).
-NO_JSON_FORM = ("DT_HALF",)
 _HEADERS = {"Accept-Encoding": "gzip, deflate", "User-Agent": "tensorflow-serving-sidecar"}
 
 

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from tfserving.metadata import ModelMetadata
 
 
+# Input dtypes TF Serving's JSON reader can't fill (json_tensor.cc has no case for them): the
+# REST client refuses them, gRPC carries them.
+NO_JSON_FORM = ("DT_HALF",)
+
+
 @dataclass(frozen=True)
 class RequestForm:
     """How an image goes to the model. `dtype`: the pixel input's (DT_UINT8, DT_FLOAT, DT_HALF; an
