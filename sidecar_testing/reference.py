@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sidecar_testing.data import COCO_DOG, LEFT_DOG, RIGHT_DOG
+
 
 class ModelReference:
     """The shared models called in-process on this machine: what a server running the same
@@ -72,3 +74,20 @@ class ModelReference:
         for got, want in zip(detections, expected, strict=True):
             assert got["score"] == pytest.approx(want["score"], abs=1e-4)
             assert got["box"] == pytest.approx(want["box"], abs=1e-4)
+
+
+def assert_two_dogs(result: dict, tolerance: float = 0.02) -> list[dict]:
+    """client.py's result on image1.jpg: the two beagles first, where ../shared/README.md puts
+    them (any CPU, any export kind of the same model); returned left one first."""
+    left, right = sorted(result["detections"][:2], key=lambda d: d["box"][1])
+    assert (left["label"], right["label"]) == ("dog", "dog")
+    assert (left["class_id"], right["class_id"]) == (COCO_DOG, COCO_DOG)
+    assert all(0.5 <= dog["score"] < 0.8 for dog in (left, right))
+    assert left["box"] == pytest.approx(LEFT_DOG, abs=tolerance)
+    assert right["box"] == pytest.approx(RIGHT_DOG, abs=tolerance)
+    height, width = result["image"]["height"], result["image"]["width"]
+    scale = [height, width, height, width]
+    for dog in (left, right):
+        expected = [value * size for value, size in zip(dog["box"], scale, strict=True)]
+        assert dog["box_pixels"] == pytest.approx(expected, abs=1)
+    return [left, right]

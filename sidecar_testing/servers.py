@@ -218,6 +218,11 @@ def run_local_server(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def run_without_ports(*args: str) -> subprocess.CompletedProcess:
+    """run_local_server with both ports 0: a start-up error must come before any port opens."""
+    return run_local_server("--rest_api_port=0", "--port=0", *args)
+
+
 def predict_requests(server: LocalServer) -> int:
     """How many predict requests the server has answered so far (its log: one line per request).
 

@@ -14,37 +14,20 @@ from PIL import Image, ImageOps
 from object_detection.label_map import load_label_map
 from object_detection.pipeline import detect
 from object_detection.visualize import font_size, line_width
-from sidecar_testing.cli import run
+from sidecar_testing.cli import run, seed_args
 from sidecar_testing.data import (
-    COCO_DOG,
     ENCODED_MODEL,
     IMAGE1,
-    LEFT_DOG,
     PIXEL_MODEL,
-    RIGHT_DOG,
     ROOT,
 )
+from sidecar_testing.reference import assert_two_dogs
 from tfserving.client import TFServingClient
 from tfserving.spec import ServerSpec
 
 # Scores are compared with the same model called in-process (sidecar_testing.reference): they
 # differ from CPU to CPU, so only classes and boxes are compared with fixed values.
 MODELS = [("pixel_server", "pixels", PIXEL_MODEL), ("encoded_server", "b64", ENCODED_MODEL)]
-
-
-def assert_two_dogs(result, tolerance=0.02):
-    """The two beagles first, where ../shared/README.md puts them (any CPU)."""
-    left, right = sorted(result["detections"][:2], key=lambda d: d["box"][1])
-    assert (left["label"], right["label"]) == ("dog", "dog")
-    assert (left["class_id"], right["class_id"]) == (COCO_DOG, COCO_DOG)
-    assert all(0.5 <= dog["score"] < 0.8 for dog in (left, right))
-    assert left["box"] == pytest.approx(LEFT_DOG, abs=tolerance)
-    assert right["box"] == pytest.approx(RIGHT_DOG, abs=tolerance)
-    height, width = result["image"]["height"], result["image"]["width"]
-    scale = [height, width, height, width]
-    for dog in (left, right):
-        expected = [value * size for value, size in zip(dog["box"], scale, strict=True)]
-        assert dog["box_pixels"] == pytest.approx(expected, abs=1)
 
 
 def assert_drawn_only_on_boxes(original, annotated_path, detections):
@@ -86,14 +69,8 @@ def assert_drawn_only_on_boxes(original, annotated_path, detections):
 def test_seed_command_line(request, tmp_path, server_fixture, encoding, model_dir, model_reference):
     server = request.getfixturevalue(server_fixture)
     output_json = tmp_path / "out_image1.json"
-    command = [
-        sys.executable, "client.py",
-        "--server_url", f"http://localhost:{server.port}/v1/models/{server.model_name}:predict",
-        "--image_path", str(IMAGE1),
-        "--output_json", str(output_json),
-        "--save_output_image", "True",
-        "--label_map", "data/labels.pbtxt",
-    ]  # fmt: skip
+    url = f"http://localhost:{server.port}/v1/models/{server.model_name}:predict"
+    command = [sys.executable, "client.py", *map(str, seed_args(url, output_json))]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr
 

@@ -21,7 +21,7 @@ import pytest
 from serving.grpc_api import GrpcServer
 from serving.model import ServedModel
 from serving.rest_api import RestApi
-from sidecar_testing.cli import run
+from sidecar_testing.cli import run, seed_args
 from sidecar_testing.data import (
     COCO_DOG,
     ENCODED_MODEL,
@@ -81,15 +81,8 @@ def test_pixels_go_as_raw_bytes_a_quarter_of_rest_json(pixel_server) -> None:
 
 def test_the_seed_command_line_with_a_grpc_url(pixel_server, tmp_path) -> None:
     output_json = tmp_path / "out.json"
-    command = [
-        sys.executable, "client.py",
-        "--server_url", f"grpc://localhost:{pixel_server.grpc_port}/v1/models/"
-        f"{pixel_server.model_name}:predict",
-        "--image_path", str(IMAGE1),
-        "--output_json", str(output_json),
-        "--save_output_image", "True",
-        "--label_map", "data/labels.pbtxt",
-    ]  # fmt: skip
+    url = f"grpc://localhost:{pixel_server.grpc_port}/v1/models/{pixel_server.model_name}:predict"
+    command = [sys.executable, "client.py", *map(str, seed_args(url, output_json))]
     process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr
     labels = [d["label"] for d in json.loads(output_json.read_text())["detections"][:2]]

@@ -16,13 +16,14 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from object_detection.instances import INSTANCE_OUTPUTS
 from object_detection.visualize import MASK_ALPHA, class_color, font_size, line_width
-from sidecar_testing.cli import run
+from sidecar_testing.cli import run, seed_args
 from sidecar_testing.data import COCO_DOG, IMAGE1, IMAGE2, LEFT_DOG, RIGHT_DOG, ROOT
 from sidecar_testing.model_kinds import KEYPOINT_SCORE, STICK_FIGURE
+from sidecar_testing.reference import assert_two_dogs
 
 WIDTH, HEIGHT = Image.open(IMAGE1).size
-INSTANCE_OUTPUTS = {"detection_masks", "detection_keypoints", "detection_keypoint_scores"}
 
 
 @pytest.fixture(autouse=True)
@@ -33,22 +34,9 @@ def in_project_root(monkeypatch):
 
 def seed_command(server, output_json, *extra, url=None):
     """The seed's command line (plus `extra`); the JSON (or COCO list) it wrote."""
-    result = run(
-        "--server_url", url or server.predict_url, "--image_path", IMAGE1,
-        "--output_json", output_json, "--save_output_image", "True",
-        "--label_map", "data/labels.pbtxt", *extra,
-    )  # fmt: skip
+    result = run(*seed_args(url or server.predict_url, output_json, *extra))
     assert result.exit_code == 0, result.output
     return json.loads(output_json.read_text())
-
-
-def two_dogs(result):
-    """The two beagles, left one first, at the shared model's boxes."""
-    dogs = sorted(result["detections"][:2], key=lambda d: d["box"][1])
-    assert [d["class_id"] for d in dogs] == [COCO_DOG, COCO_DOG]
-    assert dogs[0]["box"] == pytest.approx(LEFT_DOG, abs=0.03)
-    assert dogs[1]["box"] == pytest.approx(RIGHT_DOG, abs=0.03)
-    return dogs
 
 
 def decoded(detection):
@@ -111,24 +99,24 @@ def assert_masks_filled(picture, detections, masks):
 
 def test_box_masks_with_the_seed_command(kind_server, tmp_path):
     result = seed_command(kind_server("box_masks"), tmp_path / "image1.json")
-    for dog in two_dogs(result):
+    for dog in assert_two_dogs(result, 0.03):
         assert_mask_in_its_box(dog)
     masks = [decoded(d) for d in result["detections"]]
     assert_masks_filled(tmp_path / "image1_annotated.jpg", result["detections"], masks)
     # The masks are in the detections, not repeated in the raw answer.
     [raw] = result["raw_response"]["predictions"]
-    assert "detection_boxes" in raw and not INSTANCE_OUTPUTS & set(raw)
+    assert "detection_boxes" in raw and not set(INSTANCE_OUTPUTS) & set(raw)
 
 
 def test_image_masks_from_a_smaller_sent_image(kind_server, tmp_path):
     # Full-image masks over the image sent (320 px wide here): scaled up to the photo's size.
     result = seed_command(kind_server("image_masks"), tmp_path / "image1.json", "--max_side", 320)
     assert result["request"]["sent_size"] == [320, round(320 * HEIGHT / WIDTH)]
-    for dog in two_dogs(result):
+    for dog in assert_two_dogs(result, 0.03):
         assert_mask_in_its_box(dog)
     masks = [decoded(d) for d in result["detections"]]
     assert_masks_filled(tmp_path / "image1_annotated.jpg", result["detections"], masks)
-    assert not INSTANCE_OUTPUTS & set(result["raw_response"]["predictions"][0])
+    assert not set(INSTANCE_OUTPUTS) & set(result["raw_response"]["predictions"][0])
 
 
 def test_no_masks_keeps_them_out_of_the_json_but_on_the_picture(kind_server, tmp_path):
@@ -148,12 +136,12 @@ def test_masks_over_grpc_are_the_same(kind_server, tmp_path):
         server, tmp_path / "grpc.json", "--model_name", server.model_name, url=server.grpc_url
     )
     assert [d["mask"] for d in grpc["detections"]] == [d["mask"] for d in rest["detections"]]
-    assert not INSTANCE_OUTPUTS & set(grpc["raw_response"]["predictions"][0])
+    assert not set(INSTANCE_OUTPUTS) & set(grpc["raw_response"]["predictions"][0])
 
 
 def test_keypoints_in_pixels_inside_their_box(kind_server, tmp_path):
     result = seed_command(kind_server("keypoints"), tmp_path / "image1.json")
-    for dog in two_dogs(result):
+    for dog in assert_two_dogs(result, 0.03):
         ymin, xmin, ymax, xmax = dog["box_pixels"]
         points = np.array(dog["keypoints"])
         assert points.shape == (17, 3)
@@ -163,11 +151,11 @@ def test_keypoints_in_pixels_inside_their_box(kind_server, tmp_path):
         assert points[:, 0] == pytest.approx(expected_x, abs=1.5)
         assert points[:, 1] == pytest.approx(expected_y, abs=1.5)
         assert points[:, 2] == pytest.approx(KEYPOINT_SCORE, abs=1e-4)
-    assert not INSTANCE_OUTPUTS & set(result["raw_response"]["predictions"][0])
+    assert not set(INSTANCE_OUTPUTS) & set(result["raw_response"]["predictions"][0])
     # Each dog's keypoints are dots in its box's color on the picture.
     picture = np.asarray(Image.open(tmp_path / "image1_annotated.jpg"), np.int16)
     lines = boxes_and_tags(result["detections"])
-    for dog in two_dogs(result):
+    for dog in assert_two_dogs(result, 0.03):
         color = np.array(class_color(dog["class_id"]))
         dots = [
             (round(y), round(x)) for x, y, _ in dog["keypoints"] if not lines[round(y), round(x)]

@@ -9,7 +9,6 @@ PredictionLog messages (tensorflow-serving-api, a test dependency), as a user's 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import prediction_log_pb2
 
 from sidecar_testing.half_plus_two import build_half_plus_two
-from sidecar_testing.servers import LocalServer, run_local_server
+from sidecar_testing.servers import LocalServer, run_without_ports
 
 WARMUP_RECORDS = 3
 
@@ -105,15 +104,11 @@ def test_warmup_can_be_turned_off(warmed) -> None:
         assert calls_of_first_request(server) == 1
 
 
-# Ports 0: a start-up error must come before any port is opened.
-run_cli = functools.partial(run_local_server, "--rest_api_port=0", "--port=0")
-
-
 def test_a_warmup_record_it_cannot_replay_fails_the_load(tmp_path) -> None:
     multi = prediction_log_pb2.PredictionLog()
     multi.multi_inference_log.SetInParent()
     base = counting_model(tmp_path, [predict_record(1.0), multi])
-    result = run_cli("--model_name=counting", f"--model_base_path={base}")
+    result = run_without_ports("--model_name=counting", f"--model_base_path={base}")
     assert result.returncode == 1
     assert (
         "1 model(s) did not become available: {name: counting version: 1} due to error: "
@@ -146,7 +141,7 @@ def test_classify_and_regress_records_are_replayed_through_their_checks(tmp_path
         assert "Number of warmup records read: 2" in server.stderr()
     bad = build_half_plus_two(tmp_path / "bad")
     write_warmup(bad / "1", [task_record("regress_log", "classify_x_to_y", 1.0)])
-    result = run_cli("--model_name=half_plus_two", f"--model_base_path={bad}")
+    result = run_without_ports("--model_name=half_plus_two", f"--model_base_path={bad}")
     assert result.returncode == 1
     assert "did not become available" in result.stderr
     assert "Traceback" not in result.stderr
@@ -185,14 +180,14 @@ def test_saved_model_tags_choose_the_metagraph_and_threads_are_set(custom_tagged
 
 
 def test_the_default_serve_tag_is_not_found_in_it(custom_tagged) -> None:
-    result = run_cli("--model_name=tagged", f"--model_base_path={custom_tagged}")
+    result = run_without_ports("--model_name=tagged", f"--model_base_path={custom_tagged}")
     assert result.returncode == 1
     assert "has no MetaGraph tagged 'serve' (found: custom)" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_session_parallelism_with_both_others_is_refused() -> None:
-    result = run_cli(
+    result = run_without_ports(
         "--model_base_path=/nonexistent",
         "--tensorflow_session_parallelism=2",
         "--tensorflow_intra_op_parallelism=1",

@@ -10,7 +10,6 @@ to the shared version directories.
 from __future__ import annotations
 
 import base64
-import functools
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tensorflow_serving.apis import (
 
 from serving.model_config import VersionPolicy
 from sidecar_testing.data import ENCODED_MODEL, IMAGE1, PIXEL_MODEL
-from sidecar_testing.servers import LocalServer, run_local_server
+from sidecar_testing.servers import LocalServer, run_without_ports
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 PIXELS = {"instances": np.zeros((1, 8, 8, 3), np.uint8).tolist()}
@@ -386,10 +385,6 @@ def test_handle_reload_config_request_swaps_the_models(tmp_path) -> None:
 # ---- start-up errors -------------------------------------------------------------------------
 
 
-# Ports 0: a start-up error must come before any port is opened.
-run_cli = functools.partial(run_local_server, "--rest_api_port=0", "--port=0")
-
-
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -414,7 +409,7 @@ run_cli = functools.partial(run_local_server, "--rest_api_port=0", "--port=0")
 def test_a_bad_config_file_is_one_line_before_anything_loads(tmp_path, config, message) -> None:
     path = tmp_path / "models.config"
     path.write_text(config)
-    result = run_cli(f"--model_config_file={path}")
+    result = run_without_ports(f"--model_config_file={path}")
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -424,7 +419,7 @@ def test_labels_of_versions_not_loaded_need_the_flag_at_start_up(tmp_path) -> No
     encoded = base_path(tmp_path, "encoded", {1: ENCODED_MODEL / "1"})
     config = tmp_path / "models.config"
     config.write_text(config_text(model_text("m", encoded, 'version_labels { key: "a" value: 1 }')))
-    result = run_cli(f"--model_config_file={config}")
+    result = run_without_ports(f"--model_config_file={config}")
     assert result.returncode == 1
     assert (
         "FAILED_PRECONDITION: Request to assign label to version 1 of model m, which is not "
@@ -434,7 +429,7 @@ def test_labels_of_versions_not_loaded_need_the_flag_at_start_up(tmp_path) -> No
 
 
 def test_no_model_at_all_is_tf_servings_error() -> None:
-    result = run_cli()
+    result = run_without_ports()
     assert result.returncode == 2
     assert (
         "Both server_options.model_base_path and server_options.model_config_file are empty!"
@@ -445,7 +440,9 @@ def test_no_model_at_all_is_tf_servings_error() -> None:
 def test_a_bad_monitoring_config_file_is_one_line(tmp_path) -> None:
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text("prometheus_config { enable: yes please }\n")
-    result = run_cli(f"--model_base_path={ENCODED_MODEL}", f"--monitoring_config_file={monitoring}")
+    result = run_without_ports(
+        f"--model_base_path={ENCODED_MODEL}", f"--monitoring_config_file={monitoring}"
+    )
     assert result.returncode == 2
     assert f"Invalid protobuf file: '{monitoring}'" in result.stderr
     assert "Traceback" not in result.stderr

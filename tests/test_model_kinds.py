@@ -14,9 +14,9 @@ import json
 
 import pytest
 
-from sidecar_testing.cli import run
-from sidecar_testing.data import COCO_DOG, IMAGE1, LEFT_DOG, RIGHT_DOG
+from sidecar_testing.cli import run, seed_args
 from sidecar_testing.model_kinds import KINDS
+from sidecar_testing.reference import assert_two_dogs
 from sidecar_testing.servers import predict_requests
 
 # kind -> (the client's extra options, what the JSON says was sent, the signature called)
@@ -46,36 +46,16 @@ def served(request: pytest.FixtureRequest, kind_server):
     return kind, kind_server(kind)
 
 
-def seed_command(server_url: str, output_json, *extra: str) -> list[str]:
-    return [
-        "--server_url", server_url,
-        "--image_path", IMAGE1,
-        "--output_json", output_json,
-        "--save_output_image", "True",
-        "--label_map", "data/labels.pbtxt",
-        *extra,
-    ]  # fmt: skip
-
-
-def two_dogs(result: dict) -> list[dict]:
-    """The two best detections, left to right, which must be image1.jpg's beagles."""
-    best = sorted(result["detections"][:2], key=lambda d: d["box"][1])
-    assert [(d["class_id"], d["label"]) for d in best] == [(COCO_DOG, "dog")] * 2
-    for detection, expected in zip(best, (LEFT_DOG, RIGHT_DOG), strict=True):
-        assert detection["box"] == pytest.approx(expected, abs=BOX_TOLERANCE)
-    return best
-
-
 def test_the_seeds_command_line_finds_both_dogs(served, tmp_path) -> None:
     kind, server = served
     options, encoding, signature = EXPECTED[kind]
     output = tmp_path / "out.json"
     if kind == "half_0_255":
         options = [*options, "--protocol", "grpc", "--port", server.grpc_port]
-    result = run(*seed_command(server.predict_url, output, *options))
+    result = run(*seed_args(server.predict_url, output, *options))
     assert result.exit_code == 0, result.output
     document = json.loads(output.read_text())
-    two_dogs(document)
+    assert_two_dogs(document, BOX_TOLERANCE)
     assert document["request"]["encoding"] == encoding
     assert document["model"]["signature_name"] == signature
     if kind == "fixed_300":
@@ -89,7 +69,7 @@ def test_grpc_reads_what_rest_reads(served, tmp_path) -> None:
     kind, server = served
     options = EXPECTED[kind][0]
     if kind == "half_0_255":
-        result = run(*seed_command(server.predict_url, tmp_path / "out.json", *options))
+        result = run(*seed_args(server.predict_url, tmp_path / "out.json", *options))
         assert result.exit_code == 1
         assert "DT_HALF, which TF Serving's REST API cannot take" in result.output
         assert "--protocol grpc" in result.output
@@ -99,7 +79,7 @@ def test_grpc_reads_what_rest_reads(served, tmp_path) -> None:
     for protocol in ("rest", "grpc"):
         output = tmp_path / f"{protocol}.json"
         result = run(
-            *seed_command(server.predict_url, output, *options), "--protocol", protocol,
+            *seed_args(server.predict_url, output, *options), "--protocol", protocol,
             "--port", server.grpc_port if protocol == "grpc" else server.port,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
